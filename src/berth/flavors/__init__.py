@@ -1,0 +1,46 @@
+"""Flavors: one module per framework, imported only when a model of that framework is used."""
+
+from __future__ import annotations
+
+import importlib
+
+from berth.errors import InvalidInputError
+from berth.flavors.base import Flavor
+
+# name -> module holding a ``FLAVOR`` instance; modules import their framework lazily.
+_MODULES = {
+    "sklearn": "berth.flavors.sklearn",
+    "onnx": "berth.flavors.onnx",
+    "sentence_transformers": "berth.flavors.sentence_transformers",
+    "transformers": "berth.flavors.transformers",
+    "xgboost": "berth.flavors.xgboost",
+    "lightgbm": "berth.flavors.lightgbm",
+    "python": "berth.flavors.python",
+}
+# Detection order: specific frameworks first, the catch-all ``python`` flavor last.
+_DETECTION = (
+    "sentence_transformers", "transformers", "xgboost", "lightgbm", "onnx", "sklearn", "python"
+)  # fmt: skip
+
+FLAVOR_NAMES = tuple(_MODULES)
+
+
+def get_flavor(name: str) -> Flavor:
+    if name not in _MODULES:
+        raise InvalidInputError(f"unknown flavor {name!r}; flavors: {', '.join(_MODULES)}")
+    flavor: Flavor = importlib.import_module(_MODULES[name]).FLAVOR
+    return flavor
+
+
+def detect_flavor(model: object) -> Flavor:
+    for name in _DETECTION:
+        flavor = get_flavor(name)
+        if flavor.matches(model):
+            return flavor
+    raise InvalidInputError(
+        f"cannot tell the flavor of a {type(model).__module__}.{type(model).__qualname__}: "
+        f"give flavor= one of {', '.join(_MODULES)}, or an object with a predict method"
+    )
+
+
+__all__ = ["FLAVOR_NAMES", "Flavor", "detect_flavor", "get_flavor"]

@@ -1,0 +1,101 @@
+"""The flavor seam: how one framework's model is saved into an artifact and loaded back.
+
+A flavor never touches the registry or the database: it writes files into a folder it is given and
+reads them back from a folder it is given. The registration service seals the folder into the
+content-addressed store and records the options that ``save`` returns.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from berth.errors import InvalidInputError, MissingExtraError
+from berth.registry.profile import Embedder
+from berth.registry.signature import Dtype, Output, Signature
+from berth.types import Predictor
+
+
+class Flavor(abc.ABC):
+    """One framework's save and load.
+
+    Subclasses set ``name`` (stored with each version), ``extra`` (the pip extra that installs the
+    framework) and ``packages`` (distributions whose versions are recorded in lineage).
+    """
+
+    name: ClassVar[str]
+    extra: ClassVar[str]
+    packages: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def matches(self, model: object) -> bool:
+        """Whether ``model`` is an object of this flavor's framework (no heavy import needed)."""
+
+    @abc.abstractmethod
+    def save(self, model: object, path: Path, *, trusted: bool) -> dict[str, Any]:
+        """Write ``model`` into the empty folder ``path``; return the options ``load`` needs.
+
+        Raises ``UntrustedArtifactError`` when saving would need a format that runs code on load
+        (pickle) and ``trusted`` is false.
+        """
+
+    @abc.abstractmethod
+    def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
+        """Load what ``save`` wrote; the folder has already passed its SHA-256 check."""
+
+    def read(self, source: Path, *, trusted: bool) -> object:
+        """Load a user's saved model file or folder into a framework object, for registration."""
+        raise InvalidInputError(f"the {self.name} flavor cannot register from a file; use the API")
+
+    def outputs(self, model: object, signature: Signature) -> list[Output]:
+        """The arrays ``predict`` will return, with classes for classifiers."""
+        return []
+
+    def signature(self, model: object) -> Signature | None:
+        """A signature the model declares itself (text models, typed ONNX graphs), if any."""
+        return None
+
+    def embedder(self, model: object) -> Embedder | None:
+        """For text models: a function from texts to embeddings, for the reference profile."""
+        return None
+
+    def requires_trust(self, options: dict[str, Any]) -> bool:
+        """Whether loading runs code from the artifact (pickle), given what ``save`` returned."""
+        return False
+
+    def import_module(self, module: str) -> ModuleType:
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingExtraError(module, self.extra, f"the {self.name} flavor") from exc
+
+
+def classifier_outputs(classes: npt.ArrayLike, probability_dtype: Dtype = "float64") -> list[Output]:
+    labels = np.asarray(classes)
+    values = tuple(v.item() if isinstance(v, np.generic) else v for v in labels.tolist())
+    return [
+        Output(name="label", dtype=dtype_name(labels), shape=(-1,), classes=values),
+        Output(name="probabilities", dtype=probability_dtype, shape=(-1, len(values)),
+               classes=values),
+    ]
+
+
+def dtype_name(values: npt.NDArray[Any]) -> Dtype:
+    """The signature dtype for a numpy array: object and unicode arrays are strings."""
+    kind = values.dtype.kind
+    if kind in "OUS":
+        return "string"
+    name = values.dtype.name
+    return name if name in _DTYPES else "float64"  # type: ignore[return-value]
+
+
+_DTYPES = {
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float32", "float64",
+}  # fmt: skip

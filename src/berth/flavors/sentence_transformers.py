@@ -1,0 +1,152 @@
+"""sentence-transformers encoders, alone (text in, embedding out) or with a classification head
+(text in, label and probabilities out). Loaded from the artifact folder only: never from a hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from berth.errors import InvalidInputError, UntrustedArtifactError
+from berth.flavors.base import Flavor, classifier_outputs
+from berth.registry.profile import Embedder
+from berth.registry.signature import TEXT_INPUT, Output, Signature
+from berth.types import Outputs, Predictor
+
+_ENCODER = "encoder"
+_HEAD = "head.skops"
+_MARKER = "config_sentence_transformers.json"
+
+
+@dataclass
+class SentenceClassifier:
+    """An encoder plus a scikit-learn classifier trained on its embeddings.
+
+    ``normalize`` must match how the head's training embeddings were made.
+    """
+
+    encoder: Any
+    head: Any
+    normalize: bool = True
+    batch_size: int = 64
+
+    def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return np.asarray(
+            self.encoder.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ),
+            dtype=np.float32,
+        )
+
+    def predict_proba(self, texts: list[str]) -> npt.NDArray[np.float64]:
+        return np.asarray(self.head.predict_proba(self.embed(texts)), dtype=np.float64)
+
+    def predict(self, texts: list[str]) -> npt.NDArray[Any]:
+        return np.asarray(self.head.classes_)[self.predict_proba(texts).argmax(axis=1)]
+
+
+class SentenceTransformersFlavor(Flavor):
+    name = "sentence_transformers"
+    extra = "text"
+    packages = ("sentence-transformers", "transformers", "torch", "tokenizers")
+
+    def matches(self, model: object) -> bool:
+        return isinstance(model, SentenceClassifier) or type(model).__module__.startswith(
+            "sentence_transformers."
+        )
+
+    def save(self, model: object, path: Path, *, trusted: bool) -> dict[str, Any]:
+        if isinstance(model, SentenceClassifier):
+            encoder, head = model.encoder, model.head
+            options: dict[str, Any] = {"normalize": model.normalize, "batch_size": model.batch_size}
+        else:
+            encoder, head = model, None
+            options = {"normalize": False, "batch_size": 64}
+        encoder.save(str(path / _ENCODER))
+        if head is not None:
+            sio = self.import_module("skops.io")
+            data = sio.dumps(head)
+            untrusted = sio.get_untrusted_types(data=data)
+            if untrusted and not trusted:
+                raise UntrustedArtifactError(
+                    f"the classification head holds types skops does not trust by default: "
+                    f"{', '.join(untrusted)}; vet them, then register with trusted=True"
+                )
+            (path / _HEAD).write_bytes(data)
+            options["head_trusted_types"] = sorted(untrusted)
+        return options
+
+    def read(self, source: Path, *, trusted: bool) -> object:
+        if not (source / _MARKER).exists() and not (source / _ENCODER / _MARKER).exists():
+            raise InvalidInputError(
+                f"{source} is not a sentence-transformers folder (no {_MARKER})"
+            )
+        encoder_dir = source / _ENCODER if (source / _ENCODER).is_dir() else source
+        encoder = _load_encoder(self, encoder_dir)
+        if (source / _HEAD).exists():
+            sio = self.import_module("skops.io")
+            untrusted = sio.get_untrusted_types(file=source / _HEAD)
+            if untrusted and not trusted:
+                raise UntrustedArtifactError(
+                    f"{_HEAD} holds types skops does not trust by default: "
+                    f"{', '.join(untrusted)}; vet them, then pass --trusted"
+                )
+            return SentenceClassifier(encoder, sio.load(source / _HEAD, trusted=untrusted))
+        return encoder
+
+    def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
+        encoder = _load_encoder(self, path / _ENCODER)
+        head = None
+        if (path / _HEAD).exists():
+            sio = self.import_module("skops.io")
+            head = sio.load(path / _HEAD, trusted=options.get("head_trusted_types", []))
+        return SentenceTransformerPredictor(
+            encoder, head, normalize=options.get("normalize", False),
+            batch_size=options.get("batch_size", 64),
+        )
+
+    def signature(self, model: object) -> Signature:
+        return Signature.for_text()
+
+    def outputs(self, model: object, signature: Signature) -> list[Output]:
+        if isinstance(model, SentenceClassifier):
+            return classifier_outputs(model.head.classes_)
+        dim = int(model.get_sentence_embedding_dimension())  # type: ignore[attr-defined]
+        return [Output(name="embedding", dtype="float32", shape=(-1, dim))]
+
+    def embedder(self, model: object) -> Embedder:
+        if isinstance(model, SentenceClassifier):
+            return model.embed
+        return lambda texts: np.asarray(
+            model.encode(texts, convert_to_numpy=True, show_progress_bar=False)  # type: ignore[attr-defined]
+        )
+
+
+class SentenceTransformerPredictor:
+    def __init__(self, encoder: Any, head: Any, *, normalize: bool, batch_size: int) -> None:
+        self.model = SentenceClassifier(encoder, head, normalize=normalize, batch_size=batch_size)
+
+    def predict(self, batch: pd.DataFrame) -> Outputs:
+        texts = batch[TEXT_INPUT].tolist()
+        embeddings = self.model.embed(texts)
+        if self.model.head is None:
+            return {"embedding": embeddings}
+        proba = np.asarray(self.model.head.predict_proba(embeddings), dtype=np.float64)
+        labels = np.asarray(self.model.head.classes_)[proba.argmax(axis=1)]
+        return {"label": labels, "probabilities": proba}
+
+
+def _load_encoder(flavor: Flavor, folder: Path) -> Any:
+    st = flavor.import_module("sentence_transformers")
+    return st.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+
+
+FLAVOR = SentenceTransformersFlavor()

@@ -1,0 +1,1 @@
+"""Models, versions, aliases, the artifact store and the metadata database."""

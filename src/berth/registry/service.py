@@ -1,0 +1,379 @@
+"""The registry service: every read and change of models, versions and aliases.
+
+Each change of state is one function here that also writes its audit event in the same
+transaction, so the audit log can never miss a change that happened or record one that did not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from berth.errors import (
+    AliasNotFoundError,
+    ConflictError,
+    InvalidInputError,
+    ModelNotFoundError,
+    VersionNotFoundError,
+)
+from berth.registry.artifacts import ArtifactStore
+from berth.registry.db import Database
+from berth.registry.references import (
+    LATEST,
+    Reference,
+    check_alias,
+    check_model_name,
+    parse_reference,
+)
+from berth.registry.signature import Signature
+from berth.registry.tables import AliasRow, AuditRow, ModelRow, ProfileRow, VersionRow, utcnow
+
+_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    version: int
+    digest: str
+    size_bytes: int
+    flavor: str
+    flavor_options: dict[str, Any]
+    signature: Signature
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    lineage: dict[str, Any]
+    tags: dict[str, Any]
+    description: str
+    trusted: bool
+    created_at: datetime
+    created_by: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    description: str
+    tags: dict[str, Any]
+    versions: int
+    latest_version: int | None
+    aliases: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """Everything a version is made of, once its artifact is sealed in the store."""
+
+    model: str
+    digest: str
+    size_bytes: int
+    flavor: str
+    signature: Signature
+    flavor_options: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    trusted: bool = False
+
+
+class Registry:
+    def __init__(self, db: Database, store: ArtifactStore) -> None:
+        self.db = db
+        self.store = store
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def create_version(self, new: NewVersion, *, actor: str) -> VersionInfo:
+        """Insert the version row for an artifact already sealed in the store.
+
+        The number comes from an atomic increment of the model's counter, so concurrent
+        registrations of one model get distinct consecutive numbers on every backend.
+        """
+        check_model_name(new.model)
+        if not self.store.exists(new.digest):
+            raise InvalidInputError(f"artifact {new.digest[:12]} is not in the store")
+        for attempt in range(_RETRIES):
+            try:
+                with self.db.write() as s:
+                    model_id = self._ensure_model(s, new.model)
+                    number = s.execute(
+                        update(ModelRow)
+                        .where(ModelRow.id == model_id)
+                        .values(last_version=ModelRow.last_version + 1, updated_at=utcnow())
+                        .returning(ModelRow.last_version)
+                    ).scalar_one()
+                    row = VersionRow(
+                        model_id=model_id,
+                        version=number,
+                        digest=new.digest,
+                        size_bytes=new.size_bytes,
+                        flavor=new.flavor,
+                        flavor_options=new.flavor_options,
+                        signature=new.signature.to_dict(),
+                        metrics=new.metrics,
+                        params=new.params,
+                        lineage=new.lineage,
+                        tags=new.tags,
+                        description=new.description,
+                        trusted=new.trusted,
+                        created_at=utcnow(),
+                        created_by=actor,
+                    )
+                    s.add(row)
+                    s.flush()
+                    if new.profile is not None:
+                        s.add(ProfileRow(version_id=row.id, profile=new.profile))
+                    _audit(s, actor, "version.create", f"{new.model}/{number}",
+                           {"digest": new.digest, "flavor": new.flavor, "trusted": new.trusted})
+                    return _version_info(new.model, row, ())
+            except IntegrityError:
+                # Two writers created the same new model at once; the loser retries and finds it.
+                if attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str) -> int | None:
+        """Point ``alias`` at ``version``; returns the version it pointed at before, if any."""
+        check_alias(alias)
+        if alias == LATEST:
+            raise InvalidInputError(f"alias {LATEST!r} is reserved: it always means the newest")
+        with self.db.write() as s:
+            model = _model(s, name)
+            _version_row(s, model, version)
+            row = s.get(AliasRow, (model.id, alias))
+            previous = row.version if row else None
+            if row is None:
+                s.add(AliasRow(model_id=model.id, alias=alias, version=version,
+                               updated_at=utcnow(), updated_by=actor))
+            else:
+                row.version, row.updated_at, row.updated_by = version, utcnow(), actor
+            _audit(s, actor, "alias.set", f"{name}@{alias}", {"from": previous, "to": version})
+            return previous
+
+    def delete_alias(self, name: str, alias: str, *, actor: str) -> int:
+        with self.db.write() as s:
+            model = _model(s, name)
+            row = s.get(AliasRow, (model.id, alias))
+            if row is None:
+                raise AliasNotFoundError(name, alias, _aliases(s, model.id))
+            previous = row.version
+            s.delete(row)
+            _audit(s, actor, "alias.delete", f"{name}@{alias}", {"from": previous, "to": None})
+            return previous
+
+    def delete_version(self, name: str, version: int, *, actor: str) -> VersionInfo:
+        """Delete a version; refused while an alias points at it. Its number is never reused."""
+        with self.db.write() as s:
+            model = _model(s, name)
+            row = _version_row(s, model, version)
+            pointing = sorted(a for a, v in _aliases(s, model.id).items() if v == version)
+            if pointing:
+                raise ConflictError(
+                    f"{name}/{version} is still the target of alias(es) {', '.join(pointing)}; "
+                    "move or delete them first"
+                )
+            info = _version_info(name, row, ())
+            s.delete(row)
+            _audit(s, actor, "version.delete", f"{name}/{version}", {"digest": row.digest})
+            shared = s.scalar(select(func.count()).where(VersionRow.digest == row.digest))
+        if not shared and self.store.exists(info.digest):
+            self.store.delete(info.digest)
+        return info
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def resolve(self, ref: str | Reference) -> VersionInfo:
+        reference = parse_reference(ref) if isinstance(ref, str) else ref
+        with self.db.read() as s:
+            model = _model(s, reference.name)
+            aliases = _aliases(s, model.id)
+            if reference.version is not None:
+                number = reference.version
+            elif reference.alias == LATEST:
+                latest = s.scalar(
+                    select(func.max(VersionRow.version)).where(VersionRow.model_id == model.id)
+                )
+                if latest is None:
+                    raise VersionNotFoundError(reference.name, LATEST)
+                number = latest
+            else:
+                assert reference.alias is not None
+                if reference.alias not in aliases:
+                    raise AliasNotFoundError(reference.name, reference.alias, sorted(aliases))
+                number = aliases[reference.alias]
+            row = _version_row(s, model, number)
+            return _version_info(model.name, row, _aliases_of(aliases, number))
+
+    def get_version(self, name: str, version: int) -> VersionInfo:
+        return self.resolve(Reference(name, version=version))
+
+    def get_profile(self, name: str, version: int) -> dict[str, Any] | None:
+        with self.db.read() as s:
+            row = _version_row(s, _model(s, name), version)
+            return s.scalar(select(ProfileRow.profile).where(ProfileRow.version_id == row.id))
+
+    def list_versions(
+        self, name: str, *, tags: Mapping[str, Any] | None = None
+    ) -> list[VersionInfo]:
+        with self.db.read() as s:
+            model = _model(s, name)
+            aliases = _aliases(s, model.id)
+            rows = s.scalars(
+                select(VersionRow).where(VersionRow.model_id == model.id).order_by(VersionRow.version)
+            ).all()
+            out = [_version_info(name, r, _aliases_of(aliases, r.version)) for r in rows]
+        if tags:
+            out = [v for v in out if all(v.tags.get(k) == val for k, val in tags.items())]
+        return out
+
+    def list_models(self, search: str | None = None) -> list[ModelSummary]:
+        """All models with their version counts and aliases, in two queries whatever the size."""
+        with self.db.read() as s:
+            query = (
+                select(ModelRow, func.count(VersionRow.id), func.max(VersionRow.version))
+                .outerjoin(VersionRow, VersionRow.model_id == ModelRow.id)
+                .group_by(ModelRow.id)
+                .order_by(ModelRow.name)
+            )
+            if search:
+                pattern = f"%{search.lower()}%"
+                query = query.where(
+                    func.lower(ModelRow.name).like(pattern)
+                    | func.lower(ModelRow.description).like(pattern)
+                )
+            rows = s.execute(query).all()
+            alias_rows = s.execute(select(AliasRow.model_id, AliasRow.alias, AliasRow.version)).all()
+        by_model: dict[int, dict[str, int]] = {}
+        for model_id, alias, version in alias_rows:
+            by_model.setdefault(model_id, {})[alias] = version
+        return [
+            ModelSummary(
+                name=m.name,
+                description=m.description,
+                tags=m.tags,
+                versions=count,
+                latest_version=latest,
+                aliases=dict(sorted(by_model.get(m.id, {}).items())),
+                created_at=m.created_at,
+                updated_at=m.updated_at,
+            )
+            for m, count, latest in rows
+        ]
+
+    def audit_log(self, subject_prefix: str = "", action: str | None = None) -> list[AuditEvent]:
+        with self.db.read() as s:
+            query = select(AuditRow).order_by(AuditRow.id)
+            if subject_prefix:
+                query = query.where(AuditRow.subject.startswith(subject_prefix, autoescape=True))
+            if action:
+                query = query.where(AuditRow.action == action)
+            return [
+                AuditEvent(r.at, r.actor, r.action, r.subject, r.details)
+                for r in s.scalars(query)
+            ]
+
+    def alias_history(self, name: str) -> list[AuditEvent]:
+        """Every alias move of a model: who, when, from which version to which."""
+        return [
+            e
+            for e in self.audit_log(f"{name}@")
+            if e.action in ("alias.set", "alias.delete")
+        ]
+
+    def referenced_digests(self) -> set[str]:
+        with self.db.read() as s:
+            return set(s.scalars(select(VersionRow.digest).distinct()))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _ensure_model(self, s: Session, name: str) -> int:
+        model_id = s.scalar(select(ModelRow.id).where(ModelRow.name == name))
+        if model_id is not None:
+            return model_id
+        with s.begin_nested():
+            row = ModelRow(name=name, description="", tags={}, last_version=0,
+                           created_at=utcnow(), updated_at=utcnow())
+            s.add(row)
+            s.flush()
+        return row.id
+
+
+def _audit(s: Session, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
+    s.add(AuditRow(at=utcnow(), actor=actor, action=action, subject=subject, details=details))
+
+
+def _model(s: Session, name: str) -> ModelRow:
+    row = s.scalar(select(ModelRow).where(ModelRow.name == name))
+    if row is None:
+        known = s.scalars(select(ModelRow.name).order_by(ModelRow.name).limit(21)).all()
+        raise ModelNotFoundError(name, known)
+    return row
+
+
+def _version_row(s: Session, model: ModelRow, version: int) -> VersionRow:
+    row = s.scalar(
+        select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == version)
+    )
+    if row is None:
+        known = s.scalars(
+            select(VersionRow.version).where(VersionRow.model_id == model.id).order_by(
+                VersionRow.version
+            )
+        ).all()
+        raise VersionNotFoundError(model.name, version, known)
+    return row
+
+
+def _aliases(s: Session, model_id: int) -> dict[str, int]:
+    rows = s.execute(select(AliasRow.alias, AliasRow.version).where(AliasRow.model_id == model_id))
+    return {alias: version for alias, version in rows}
+
+
+def _aliases_of(aliases: Mapping[str, int], version: int) -> tuple[str, ...]:
+    return tuple(sorted(a for a, v in aliases.items() if v == version))
+
+
+def _version_info(model: str, row: VersionRow, aliases: Iterable[str]) -> VersionInfo:
+    return VersionInfo(
+        model=model,
+        version=row.version,
+        digest=row.digest,
+        size_bytes=row.size_bytes,
+        flavor=row.flavor,
+        flavor_options=row.flavor_options,
+        signature=Signature.from_dict(row.signature),
+        metrics=row.metrics,
+        params=row.params,
+        lineage=row.lineage,
+        tags=row.tags,
+        description=row.description,
+        trusted=row.trusted,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        aliases=tuple(aliases),
+    )

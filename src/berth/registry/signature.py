@@ -1,0 +1,166 @@
+"""Signatures: the typed input and output schema of a version.
+
+A tabular signature names each feature with a dtype and, where the user declares them, an allowed
+range or category set. A text signature has one string input, ``text``. Outputs name the arrays a
+predictor returns (``label``, ``probabilities``...) with their shapes and, for classifiers, classes.
+Validation against a signature lives in ``berth.runtime.validation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from berth.errors import InvalidInputError
+
+Dtype = Literal[
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float32", "float64", "string",
+]  # fmt: skip
+NUMERIC: frozenset[str] = frozenset(
+    ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"]
+)
+TEXT_INPUT = "text"
+# Below this many distinct values a string column is taken for a category set.
+_MAX_INFERRED_CATEGORIES = 64
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    dtype: Dtype
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: tuple[str, ...] | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Feature:
+        if self.categories is not None and self.dtype != "string":
+            raise ValueError(f"feature {self.name!r}: categories need dtype 'string'")
+        if (self.minimum is not None or self.maximum is not None) and self.dtype not in NUMERIC:
+            raise ValueError(f"feature {self.name!r}: a range needs a numeric dtype")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"feature {self.name!r}: minimum is above maximum")
+        return self
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    dtype: Dtype
+    shape: tuple[int, ...] = (-1,)
+    """-1 is the batch dimension; ``(-1, 2)`` is two values per row."""
+    classes: tuple[str | int | float | bool, ...] | None = None
+
+
+class Signature(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["tabular", "text"]
+    inputs: tuple[Feature, ...]
+    outputs: tuple[Output, ...] = ()
+    unknown_categories: Literal["error", "allow"] = "error"
+    """What an unseen category does: fail validation, or pass to the model as is."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Signature:
+        names = [f.name for f in self.inputs]
+        if not names:
+            raise ValueError("a signature needs at least one input")
+        if len(set(names)) != len(names):
+            raise ValueError("input names must be unique")
+        if self.kind == "text" and (names != [TEXT_INPUT] or self.inputs[0].dtype != "string"):
+            raise ValueError(f"a text signature has exactly one string input named {TEXT_INPUT!r}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.inputs]
+
+    def feature(self, name: str) -> Feature:
+        for f in self.inputs:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def with_outputs(self, outputs: Sequence[Output]) -> Signature:
+        return self.model_copy(update={"outputs": tuple(outputs)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "signature") -> Signature:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "signature"
+            raise InvalidInputError(f"invalid {source}: {where}: {first['msg']}") from exc
+
+    @classmethod
+    def for_text(cls) -> Signature:
+        return cls(kind="text", inputs=(Feature(name=TEXT_INPUT, dtype="string"),))
+
+
+def infer_signature(
+    data: pd.DataFrame | Sequence[str],
+    *,
+    ranges: bool = False,
+    unknown_categories: Literal["error", "allow"] = "error",
+) -> Signature:
+    """Infer a signature from training data.
+
+    A DataFrame gives a tabular signature: numeric and boolean columns keep their dtype; string
+    columns with few distinct values become category sets. ``ranges=True`` also turns the observed
+    minimum and maximum into an enforced range, which is rarely what production wants. A sequence
+    of strings gives a text signature.
+    """
+    if not isinstance(data, pd.DataFrame):
+        if isinstance(data, pd.Series):
+            data = data.tolist()
+        if isinstance(data, str) or not all(isinstance(t, str) for t in data):
+            raise InvalidInputError("text training data must be a sequence of strings")
+        return Signature.for_text()
+    if data.shape[1] == 0:
+        raise InvalidInputError("training data has no columns")
+    features = [_infer_feature(str(name), data[name], ranges) for name in data.columns]
+    return Signature(kind="tabular", inputs=tuple(features), unknown_categories=unknown_categories)
+
+
+def _infer_feature(name: str, column: pd.Series, ranges: bool) -> Feature:
+    nullable = bool(column.isna().any())
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return Feature(name=name, dtype="bool", nullable=nullable)
+    if pd.api.types.is_numeric_dtype(dtype):
+        np_name = np.dtype(dtype.numpy_dtype if hasattr(dtype, "numpy_dtype") else dtype).name
+        if np_name not in NUMERIC:
+            raise InvalidInputError(f"feature {name!r}: unsupported dtype {dtype}")
+        lo = hi = None
+        if ranges and column.notna().any():
+            lo, hi = float(column.min()), float(column.max())
+        if nullable and np_name.startswith(("int", "uint")):
+            np_name = "float64"  # pandas turns a missing integer into NaN
+        return Feature(name=name, dtype=np_name, nullable=nullable, minimum=lo, maximum=hi)  # type: ignore[arg-type]
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = tuple(str(c) for c in dtype.categories)
+        return Feature(name=name, dtype="string", nullable=nullable, categories=cats)
+    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+        values = column.dropna()
+        if not values.map(lambda v: isinstance(v, str)).all():
+            raise InvalidInputError(f"feature {name!r}: mixes strings with other types")
+        distinct = values.unique()
+        cats = None
+        if len(distinct) <= _MAX_INFERRED_CATEGORIES:
+            cats = tuple(sorted(str(v) for v in distinct))
+        return Feature(name=name, dtype="string", nullable=nullable, categories=cats)
+    raise InvalidInputError(f"feature {name!r}: unsupported dtype {dtype}")

@@ -1,0 +1,101 @@
+"""Decoding the shapes users send (records, columns, texts, arrays, Arrow) into one DataFrame, and
+encoding outputs back into rows. Transport formats (OIP tensors, CSV) build on these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from berth.errors import InvalidInputError
+from berth.registry.signature import TEXT_INPUT, Signature
+from berth.types import Outputs
+
+
+def to_frame(data: Any, signature: Signature) -> pd.DataFrame:
+    """Accepts a DataFrame, a list of records, ``{"records": [...]}``, ``{"texts": [...]}``,
+    a mapping of columns, a list of strings (text models), a 2-D array in signature order, or a
+    pyarrow Table."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, Mapping):
+        if "records" in data and len(data) == 1:
+            return _records(data["records"])
+        if "texts" in data and len(data) == 1:
+            return _texts(data["texts"], signature)
+        return _columns(data)
+    if isinstance(data, str):
+        return _texts([data], signature)
+    if isinstance(data, np.ndarray):
+        return _array(data, signature)
+    if type(data).__module__.startswith("pyarrow") and hasattr(data, "to_pandas"):
+        return data.to_pandas()  # type: ignore[no-any-return]
+    if isinstance(data, Sequence):
+        if all(isinstance(r, Mapping) for r in data):
+            return _records(data)
+        if all(isinstance(t, str) for t in data):
+            return _texts(data, signature)
+    raise InvalidInputError(
+        f"cannot read input of type {type(data).__name__}: give records (a list of objects), "
+        "columns (an object of lists), texts (a list of strings) or a DataFrame"
+    )
+
+
+def _records(records: Any) -> pd.DataFrame:
+    if not isinstance(records, Sequence) or not all(isinstance(r, Mapping) for r in records):
+        raise InvalidInputError("'records' must be a list of objects, one per row")
+    return pd.DataFrame.from_records(list(records))
+
+
+def _texts(texts: Any, signature: Signature) -> pd.DataFrame:
+    if signature.kind != "text":
+        raise InvalidInputError(
+            f"this model takes features, not texts; features: {', '.join(signature.names)}"
+        )
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InvalidInputError("'texts' must be a list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text at row {i} is a {type(text).__name__}, not a string")
+    return pd.DataFrame({TEXT_INPUT: pd.Series(list(texts), dtype=object)})
+
+
+def _columns(columns: Mapping[Any, Any]) -> pd.DataFrame:
+    lengths = set()
+    for name, values in columns.items():
+        if isinstance(values, str) or not isinstance(values, Sequence | np.ndarray):
+            raise InvalidInputError(f"column {name!r} must be a list of values")
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        raise InvalidInputError(f"columns have different lengths: {sorted(lengths)}")
+    return pd.DataFrame({str(k): list(v) for k, v in columns.items()})
+
+
+def _array(array: np.ndarray[Any, Any], signature: Signature) -> pd.DataFrame:
+    if array.ndim == 1 and signature.kind == "text":
+        return _texts(array.tolist(), signature)
+    if array.ndim != 2 or array.shape[1] != len(signature.inputs):
+        raise InvalidInputError(
+            f"array of shape {array.shape} does not match the {len(signature.inputs)} features "
+            f"({', '.join(signature.names)})"
+        )
+    return pd.DataFrame(array, columns=signature.names)
+
+
+def to_records(outputs: Outputs, signature: Signature) -> list[dict[str, Any]]:
+    """One JSON-ready dict per row: the label, and probabilities keyed by class."""
+    classes = {o.name: o.classes for o in signature.outputs}
+    n = len(next(iter(outputs.values()))) if outputs else 0
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, values in outputs.items():
+        cls = classes.get(name)
+        if values.ndim == 2 and cls is not None and len(cls) == values.shape[1]:
+            keys = [str(c) for c in cls]
+            for row, vec in zip(rows, values.tolist(), strict=True):
+                row[name] = dict(zip(keys, vec, strict=True))
+        else:
+            for row, value in zip(rows, values.tolist(), strict=True):
+                row[name] = value
+    return rows
