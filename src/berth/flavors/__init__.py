@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from berth.errors import InvalidInputError
 from berth.flavors.base import Flavor
@@ -43,4 +44,23 @@ def detect_flavor(model: object) -> Flavor:
     )
 
 
-__all__ = ["FLAVOR_NAMES", "Flavor", "detect_flavor", "get_flavor"]
+def flavor_for_path(path: Path) -> str:
+    """Guess the flavor of a saved model file or folder from its name and contents."""
+    if path.is_dir():
+        if (path / "config_sentence_transformers.json").exists() or (
+            path / "encoder" / "config_sentence_transformers.json"
+        ).exists():
+            return "sentence_transformers"
+        if (path / "config.json").exists():
+            return "transformers"
+    suffix = path.suffix.lower()
+    by_suffix = {".skops": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn",
+                 ".joblib": "sklearn", ".onnx": "onnx", ".ubj": "xgboost"}
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    raise InvalidInputError(
+        f"cannot tell the flavor of {path.name!r}: pass --flavor (one of {', '.join(_MODULES)})"
+    )
+
+
+__all__ = ["FLAVOR_NAMES", "Flavor", "detect_flavor", "flavor_for_path", "get_flavor"]

@@ -70,6 +70,7 @@ class SentenceTransformersFlavor(Flavor):
         else:
             encoder, head = model, None
             options = {"normalize": False, "batch_size": 64}
+        quiet_transformers()
         encoder.save(str(path / _ENCODER))
         if head is not None:
             sio = self.import_module("skops.io")
@@ -146,7 +147,15 @@ class SentenceTransformerPredictor:
 
 def _load_encoder(flavor: Flavor, folder: Path) -> Any:
     st = flavor.import_module("sentence_transformers")
+    quiet_transformers()
     return st.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
 
 
 FLAVOR = SentenceTransformersFlavor()
+
+
+def quiet_transformers() -> None:
+    """Progress bars for reading a 90 MB local file are noise in a CLI and in server logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -120,7 +120,7 @@ class Registry:
         for attempt in range(_RETRIES):
             try:
                 with self.db.write() as s:
-                    model_id = self._ensure_model(s, new.model)
+                    model_id = self._ensure_model(s, new.model, new.description)
                     number = s.execute(
                         update(ModelRow)
                         .where(ModelRow.id == model_id)
@@ -311,12 +311,12 @@ class Registry:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _ensure_model(self, s: Session, name: str) -> int:
+    def _ensure_model(self, s: Session, name: str, description: str) -> int:
         model_id = s.scalar(select(ModelRow.id).where(ModelRow.name == name))
         if model_id is not None:
             return model_id
         with s.begin_nested():
-            row = ModelRow(name=name, description="", tags={}, last_version=0,
+            row = ModelRow(name=name, description=description, tags={}, last_version=0,
                            created_at=utcnow(), updated_at=utcnow())
             s.add(row)
             s.flush()

@@ -47,6 +47,8 @@ def register_model(
     source: str | None = None,
 ) -> VersionInfo:
     check_model_name(name)
+    checked_metrics = _metrics(metrics)
+    checked_params = _jsonable(params or {}, "params")
     chosen = get_flavor(flavor) if flavor else detect_flavor(model)
     sig = _signature(chosen, model, signature, training_data)
     if not sig.outputs:
@@ -75,8 +77,8 @@ def register_model(
         flavor=chosen.name,
         signature=sig,
         flavor_options=options,
-        metrics=_metrics(metrics),
-        params=_jsonable(params or {}, "params"),
+        metrics=checked_metrics,
+        params=checked_params,
         lineage=lineage,
         profile=reference,
         tags={str(k): str(v) for k, v in (tags or {}).items()},

@@ -1,0 +1,48 @@
+# Everything CI and a new user run goes through these targets.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: install demo test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel on these machines, never a CUDA download.
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: set up, then train and register the demo models on the embedded default (SQLite + ./.berth)
+demo: install
+	$(BIN)/berth demo
+
+## test: set up, lint, then the whole default suite
+test: install lint
+	$(BIN)/python -m pytest
+
+## test-slow: the long tests too (large registries, repeated kill -9 rounds)
+test-slow: install
+	$(BIN)/python -m pytest -m ''
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+## bench: registry and load-time figures into bench/results/
+bench: install
+	$(BIN)/python bench/registry_bench.py
+
+clean:
+	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``berth`` command line: thin commands over the services, Rich output, one-line errors."""

@@ -1,0 +1,251 @@
+"""``berth models``: list, show, register, alias and delete versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from berth.errors import InvalidInputError
+from berth.flavors import FLAVOR_NAMES, flavor_for_path, get_flavor
+from berth.registry.references import parse_reference
+from berth.registry.service import VersionInfo
+from berth.registry.signature import Signature
+from berth.runtime.files import read_input
+
+from .context import client
+from .output import console, key_values, print_json, size, when
+
+app = typer.Typer(
+    help="Models and their versions in the registry.",
+    no_args_is_help=True,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command("list")
+def list_models(
+    ctx: typer.Context,
+    search: Annotated[
+        str | None, typer.Option("--search", "-s", help="Only names or descriptions with this.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List models with their newest version and aliases.
+
+    Example: berth models list --search credit
+    """
+    models = client(ctx).list_models(search)
+    if as_json:
+        print_json(models)
+        return
+    table = Table("model", "versions", "latest", "aliases", "updated", "description")
+    for m in models:
+        aliases = ", ".join(f"{a}→{v}" for a, v in m.aliases.items())
+        table.add_row(m.name, str(m.versions), str(m.latest_version or "-"), aliases,
+                      when(m.updated_at), m.description)
+    console.print(table if models else "No models yet. Try: berth demo")
+
+
+@app.command("versions")
+def versions(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
+    """List the versions of a model.
+
+    Example: berth models versions credit-risk
+    """
+    found = client(ctx).list_versions(name)
+    if as_json:
+        print_json([_version_dict(v) for v in found])
+        return
+    table = Table("version", "aliases", "flavor", "metrics", "size", "created", "by")
+    for v in found:
+        metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
+        table.add_row(str(v.version), ", ".join(v.aliases), v.flavor, metrics, size(v.size_bytes),
+                      when(v.created_at), v.created_by)
+    console.print(table)
+
+
+@app.command("show")
+def show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
+    """Show one version: signature, metrics, params, lineage. A bare name shows the newest.
+
+    Example: berth models show credit-risk@production
+    """
+    c = client(ctx)
+    info = c.get_version(ref)
+    if as_json:
+        print_json(_version_dict(info))
+        return
+    console.print(f"[bold]{info.ref}[/]  aliases: {', '.join(info.aliases) or '-'}")
+    console.print(f"flavor {info.flavor}, {size(info.size_bytes)}, sha256 {info.digest}")
+    console.print(f"created {when(info.created_at)} by {info.created_by}"
+                  f"{', trusted' if info.trusted else ''}")
+    if info.description:
+        console.print(info.description)
+    console.print(_signature_table(info.signature))
+    for title, values in (("metrics", info.metrics), ("params", info.params), ("tags", info.tags)):
+        if values:
+            console.print(f"[bold]{title}[/] " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    data = info.lineage.get("training_data")
+    if data:
+        console.print(f"[bold]training data[/] {data['rows']} rows, fingerprint "
+                      f"{data['fingerprint'][:16]}…")
+    code = info.lineage.get("code")
+    if code:
+        console.print(f"[bold]code[/] commit {code['commit'][:12]}"
+                      f"{' (uncommitted changes)' if code.get('dirty') else ''}")
+    env = info.lineage.get("environment", {})
+    if env:
+        packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+        console.print(f"[bold]environment[/] Python {env.get('python')}; {packages}")
+
+
+@app.command("history")
+def history(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
+    """Every alias move of a model: when, who, from which version to which.
+
+    Example: berth models history credit-risk
+    """
+    events = client(ctx).alias_history(name)
+    if as_json:
+        print_json(events)
+        return
+    table = Table("when", "who", "alias", "from", "to")
+    for e in events:
+        table.add_row(when(e.at), e.actor, e.subject.split("@", 1)[1],
+                      str(e.details.get("from") or "-"), str(e.details.get("to") or "-"))
+    console.print(table)
+
+
+@app.command("register")
+def register(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A saved model file or folder.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
+    flavor: Annotated[
+        str | None,
+        typer.Option(help=f"One of {', '.join(FLAVOR_NAMES)}; guessed from the file otherwise."),
+    ] = None,
+    training_data: Annotated[
+        str | None,
+        typer.Option(help="CSV/Parquet/JSONL of training features: signature and profile."),
+    ] = None,
+    signature: Annotated[
+        Path | None, typer.Option(help="A signature JSON file (instead of --training-data).")
+    ] = None,
+    metric: Annotated[list[str], typer.Option(help="name=value, repeatable.")] = [],  # noqa: B006
+    param: Annotated[list[str], typer.Option(help="name=value, repeatable.")] = [],  # noqa: B006
+    tag: Annotated[list[str], typer.Option(help="name=value, repeatable.")] = [],  # noqa: B006
+    description: str = "",
+    alias: Annotated[
+        list[str], typer.Option(help="Point this alias at the new version; repeatable.")
+    ] = [],  # noqa: B006
+    trusted: Annotated[
+        bool, typer.Option(help="Allow formats that run code when loaded (pickle). Vet first.")
+    ] = False,
+) -> None:
+    """Register a saved model as the next version of NAME.
+
+    Example: berth models register model.skops --name churn --training-data train.parquet
+    --metric auc=0.91 --alias staging
+    """
+    if not path.exists():
+        raise InvalidInputError(f"model path {str(path)!r} does not exist")
+    c = client(ctx)
+    chosen = flavor or flavor_for_path(path)
+    model = get_flavor(chosen).read(path, trusted=trusted)
+    sig = None
+    if signature is not None:
+        sig = Signature.from_dict(read_input(str(signature), "json"), source=str(signature))
+    data = read_input(training_data) if training_data else None
+    metrics: dict[str, float] = {}
+    for key, value in key_values(metric, "metric").items():
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            raise InvalidInputError(f"metric {key!r} must be a number, got {value!r}") from None
+    info = c.register(
+        model, name, flavor=chosen, signature=sig, training_data=data, metrics=metrics,
+        params=key_values(param, "param"), tags=key_values(tag, "tag"), description=description,
+        trusted=trusted, source=str(path.resolve()),
+    )
+    for a in alias:
+        c.set_alias(name, a, info.version)
+    console.print(f"registered [bold]{info.ref}[/] ({info.flavor}, {size(info.size_bytes)})"
+                  + (f"; aliases: {', '.join(alias)}" if alias else ""))
+
+
+@app.command("alias")
+def alias(
+    ctx: typer.Context,
+    name: str,
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
+    version: Annotated[int | None, typer.Argument(help="Version to point at.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias.")] = False,
+) -> None:
+    """Point ALIAS of NAME at VERSION (or remove it with --delete). Servers follow the move.
+
+    Example: berth models alias credit-risk production 2
+    """
+    c = client(ctx)
+    if delete:
+        before = c.delete_alias(name, alias_name)
+        console.print(f"removed {name}@{alias_name} (was version {before})")
+        return
+    if version is None:
+        raise InvalidInputError("give the VERSION to point the alias at, or --delete")
+    before = c.set_alias(name, alias_name, version)
+    moved = f"from version {before} " if before is not None else ""
+    console.print(f"{name}@{alias_name} moved {moved}to version {version}")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="NAME/VERSION")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete one version (refused while an alias points at it). Numbers are never reused.
+
+    Example: berth models delete credit-risk/1 --yes
+    """
+    reference = parse_reference(ref)
+    if reference.version is None:
+        raise InvalidInputError(f"name one version to delete, like {reference.name}/3")
+    if not yes and not typer.confirm(f"Delete {ref}?"):
+        raise typer.Exit(1)
+    info = client(ctx).delete_version(reference.name, reference.version)
+    console.print(f"deleted {info.ref}")
+
+
+def _signature_table(signature: Signature) -> Table:
+    table = Table("input", "dtype", "allowed", title=f"{signature.kind} signature",
+                  title_justify="left")
+    for f in signature.inputs:
+        if f.categories:
+            allowed = ", ".join(f.categories[:8]) + (" …" if len(f.categories) > 8 else "")
+        elif f.minimum is not None or f.maximum is not None:
+            allowed = f"[{f.minimum}, {f.maximum}]"
+        else:
+            allowed = "any" + (" or null" if f.nullable else "")
+        table.add_row(f.name, f.dtype, allowed)
+    for o in signature.outputs:
+        classes = ", ".join(map(str, o.classes)) if o.classes else ""
+        table.add_row(f"→ {o.name}", f"{o.dtype} {list(o.shape)}", classes)
+    return table
+
+
+def _version_dict(v: VersionInfo) -> dict[str, object]:
+    return {
+        "ref": v.ref, "model": v.model, "version": v.version, "aliases": list(v.aliases),
+        "flavor": v.flavor, "digest": v.digest, "size_bytes": v.size_bytes,
+        "signature": v.signature.to_dict(), "metrics": v.metrics, "params": v.params,
+        "tags": v.tags, "lineage": v.lineage, "description": v.description,
+        "trusted": v.trusted, "created_at": v.created_at, "created_by": v.created_by,
+    }
+
+
+

@@ -1,0 +1,80 @@
+"""Reading small tables and JSON payloads from files or standard input (CSV, JSON, JSONL, Parquet).
+
+For one-off predictions and training data; large inputs go through the batch adapter's chunked
+readers instead.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from berth.errors import InvalidInputError
+
+FORMATS = ("csv", "json", "jsonl", "parquet")
+
+
+def read_input(source: str, fmt: str | None = None) -> Any:
+    """A DataFrame for CSV, JSONL and Parquet; the decoded document for JSON. ``-`` is stdin."""
+    if source == "-":
+        raw = sys.stdin.buffer.read()
+        return _decode(raw, fmt or _sniff(raw), "standard input")
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidInputError(f"input file {source!r} does not exist")
+    fmt = fmt or _format_of(path)
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+            raise InvalidInputError(f"{source}: not a readable Parquet file: {exc}") from exc
+    return _decode(path.read_bytes(), fmt, source)
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("ndjson",):
+        return "jsonl"
+    if suffix in ("pq", "parq"):
+        return "parquet"
+    if suffix not in FORMATS:
+        raise InvalidInputError(
+            f"cannot tell the format of {path.name!r} from its suffix; "
+            f"use one of .{', .'.join(FORMATS)} or pass --format"
+        )
+    return suffix
+
+
+def _sniff(raw: bytes) -> str:
+    """JSON when the whole text parses as one document, JSONL when it is one per line, else CSV."""
+    if raw.lstrip()[:1] not in (b"[", b"{"):
+        return "csv"
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "jsonl"
+    return "json"
+
+
+def _decode(raw: bytes, fmt: str, where: str) -> Any:
+    if not raw.strip():
+        raise InvalidInputError(f"{where} is empty")
+    try:
+        if fmt == "json":
+            return orjson.loads(raw)
+        if fmt == "jsonl":
+            return pd.DataFrame.from_records(
+                [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+            )
+        if fmt == "csv":
+            return pd.read_csv(io.BytesIO(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"{where}: invalid JSON: {exc}") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError(f"{where}: invalid {fmt.upper()}: {exc}") from exc
+    raise InvalidInputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
