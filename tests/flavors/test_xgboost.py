@@ -18,7 +18,11 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 def _data(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
     x, y = sklearn_datasets.make_classification(
-        n_samples=300, n_features=6, n_informative=4, n_redundant=0, n_classes=n_classes,
+        n_samples=300,
+        n_features=6,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=n_classes,
         random_state=0,
     )
     return pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]), y
@@ -110,8 +114,9 @@ def test_read_files_saved_by_xgboost(tmp_path: Path, client: Berth, suffix: str)
     assert isinstance(wrapped, xgb.XGBClassifier)
     version = client.register(wrapped, "xgb-read", training_data=frame)
     out = client.load(version.ref).predict(frame)
-    np.testing.assert_allclose(out["probabilities"][:, 1], booster.predict(xgb.DMatrix(frame)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        out["probabilities"][:, 1], booster.predict(xgb.DMatrix(frame)), rtol=1e-6
+    )
     assert isinstance(FLAVOR.read(tmp_path / f"reg{suffix}", trusted=False), xgb.Booster)
 
 
@@ -123,8 +128,10 @@ def test_read_refuses_other_files(tmp_path: Path) -> None:
         FLAVOR.read(tmp_path / "model.pkl", trusted=False)
 
 
-def test_unknown_format_is_refused(tmp_path: Path) -> None:
+def test_save_refusals(tmp_path: Path) -> None:
     frame, y = _data()
     model = xgb.XGBClassifier(n_estimators=2, n_jobs=1).fit(frame, y)
     with pytest.raises(InvalidInputError, match="unknown format"):
         FLAVOR.save(model, tmp_path, trusted=False, format="pickle")
+    with pytest.raises(InvalidInputError, match="not fitted"):
+        FLAVOR.save(xgb.XGBRegressor(), tmp_path, trusted=False)

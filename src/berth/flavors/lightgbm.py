@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from berth.errors import InvalidInputError, UnavailableError
+from berth.errors import InvalidInputError
 from berth.flavors.base import Flavor, classifier_outputs
 from berth.registry.signature import Output, Signature
 from berth.types import Outputs, Predictor
@@ -50,7 +50,9 @@ class LightGBMFlavor(Flavor):
             )
         booster.save_model(str(path / _FILE))
         options: dict[str, Any] = {
-            "file": _FILE, "estimator": type(model).__name__, "objective": objective,
+            "file": _FILE,
+            "estimator": type(model).__name__,
+            "objective": objective,
             "num_threads": num_threads,
         }
         if classes is not None:
@@ -69,12 +71,12 @@ class LightGBMFlavor(Flavor):
     def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
         lgb = self.import_module("lightgbm")
         booster = lgb.Booster(model_file=str(path / options.get("file", _FILE)))
-        classes = options.get("classes")
-        if classes is None and options.get("estimator", "Booster") == "Booster":
-            classes = _classes(booster)
         categorical = [f.name for f in signature.inputs if f.dtype == "string"]
         return LightGBMPredictor(
-            booster, classes, categorical, num_threads=int(options.get("num_threads", 1))
+            booster,
+            options.get("classes"),
+            categorical,
+            num_threads=int(options.get("num_threads", 1)),
         )
 
     def outputs(self, model: object, signature: Signature) -> list[Output]:

@@ -66,8 +66,13 @@ class OnnxFlavor(Flavor):
         if proto.ByteSize() > _EXTERNAL_ABOVE:
             proto = onnx.ModelProto()
             proto.CopyFrom(model)  # saving as external data rewrites the message: not the user's
-            onnx.save_model(proto, str(path / _FILE), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=_DATA)
+            onnx.save_model(
+                proto,
+                str(path / _FILE),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=_DATA,
+            )
         else:
             (path / _FILE).write_bytes(proto.SerializeToString())
         zipmap = any(node.op_type == "ZipMap" for node in proto.graph.node)
@@ -95,7 +100,8 @@ class OnnxFlavor(Flavor):
         try:
             session = ort.InferenceSession(
                 graph if graph is not None else str(file),
-                sess_options=settings, providers=["CPUExecutionProvider"],
+                sess_options=settings,
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise UnavailableError(f"onnxruntime cannot load this model: {exc}") from exc
@@ -137,8 +143,10 @@ class OnnxPredictor:
 
     def __init__(self, session: Any, signature: Signature) -> None:
         self.session = session
-        self.inputs = [(i.name, _ORT_DTYPES.get(i.type, np.float32), list(i.shape))
-                       for i in session.get_inputs()]
+        self.inputs = [
+            (i.name, _ORT_DTYPES.get(i.type, np.float32), list(i.shape))
+            for i in session.get_inputs()
+        ]
         self.output_names = [o.name for o in session.get_outputs()]
         self.names = [RENAMES.get(n, n) for n in self.output_names]
         self.per_feature = all(
@@ -150,8 +158,9 @@ class OnnxPredictor:
 
     def predict(self, batch: pd.DataFrame) -> Outputs:
         if self.per_feature:
-            feed = {name: _column(batch[name], dtype, len(shape))
-                    for name, dtype, shape in self.inputs}
+            feed = {
+                name: _column(batch[name], dtype, len(shape)) for name, dtype, shape in self.inputs
+            }
         else:
             name, dtype, _ = self.inputs[0]
             feed = {name: batch.to_numpy(dtype=dtype)}
@@ -208,13 +217,16 @@ def _output_dtype(value: Any) -> Dtype:
 
 
 def _classes(model: object) -> list[Any] | None:
-    """Class labels from the metadata ("classes", comma-separated) or a classifier node."""
+    """Class labels from the metadata ("classes", comma-separated) or a classifier node: the
+    ZipMap, else one that writes a graph output, else any (an inner model of an ensemble)."""
     for prop in getattr(model, "metadata_props", []):
         if prop.key == "classes" and prop.value:
             return _numeric_if_possible(prop.value.split(","))
-    for node in _graph(model).node:
-        if node.op_type not in _CLASSIFIER_OPS:
-            continue
+    graph = _graph(model)
+    final = {value.name for value in graph.output}
+    nodes = [node for node in graph.node if node.op_type in _CLASSIFIER_OPS]
+    nodes.sort(key=lambda n: (n.op_type != "ZipMap", final.isdisjoint(n.output)))
+    for node in nodes:
         for attr in node.attribute:
             if attr.name in ("classlabels_ints", "classlabels_int64s") and attr.ints:
                 return [int(v) for v in attr.ints]
@@ -245,8 +257,9 @@ def _without_zipmap(onnx: Any, file: Path) -> bytes:
                 value.name = target
         for value in graph.output:
             if value.name == target:
-                value.CopyFrom(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT,
-                                                                  None))
+                value.CopyFrom(
+                    onnx.helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)
+                )
     return bytes(model.SerializeToString())
 
 

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from berth.errors import InvalidInputError, UntrustedArtifactError
+from berth.flavors import text_encoder
 from berth.flavors.base import Flavor, classifier_outputs
 from berth.registry.profile import Embedder
 from berth.registry.signature import TEXT_INPUT, Output, Signature
@@ -71,7 +72,15 @@ class SentenceTransformersFlavor(Flavor):
             encoder, head = model, None
             options = {"normalize": False, "batch_size": 64}
         quiet_transformers()
-        encoder.save(str(path / _ENCODER))
+        config = text_encoder.describe(encoder)
+        if config is not None:
+            text_encoder.save(encoder, config, path / _ENCODER)
+            options["format"] = "transformers"
+        else:
+            encoder.save(str(path / _ENCODER))
+            options["format"] = "sentence-transformers"
+        # The encoder's own Normalize module already makes unit vectors.
+        options["normalize"] = options["normalize"] and not (config and config.normalize)
         if head is not None:
             sio = self.import_module("skops.io")
             data = sio.dumps(head)
@@ -104,7 +113,10 @@ class SentenceTransformersFlavor(Flavor):
         return encoder
 
     def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
-        encoder = _load_encoder(self, path / _ENCODER)
+        if options.get("format") == "transformers":
+            encoder: Any = _FastEncoder(text_encoder.TransformerEncoder(path / _ENCODER))
+        else:
+            encoder = _load_encoder(self, path / _ENCODER)
         head = None
         if (path / _HEAD).exists():
             sio = self.import_module("skops.io")
@@ -120,7 +132,11 @@ class SentenceTransformersFlavor(Flavor):
     def outputs(self, model: object, signature: Signature) -> list[Output]:
         if isinstance(model, SentenceClassifier):
             return classifier_outputs(model.head.classes_)
-        dim = int(model.get_sentence_embedding_dimension())  # type: ignore[attr-defined]
+        # sentence-transformers 6 renamed the method; older releases only have the old name.
+        getter = getattr(model, "get_embedding_dimension", None) or getattr(
+            model, "get_sentence_embedding_dimension"
+        )
+        dim = int(getter())
         return [Output(name="embedding", dtype="float32", shape=(-1, dim))]
 
     def embedder(self, model: object) -> Embedder:
@@ -143,6 +159,22 @@ class SentenceTransformerPredictor:
         proba = np.asarray(self.model.head.predict_proba(embeddings), dtype=np.float64)
         labels = np.asarray(self.model.head.classes_)[proba.argmax(axis=1)]
         return {"label": labels, "probabilities": proba}
+
+
+class _FastEncoder:
+    """The slice of SentenceTransformer's interface that SentenceClassifier uses."""
+
+    def __init__(self, encoder: text_encoder.TransformerEncoder) -> None:
+        self.encoder = encoder
+
+    def encode(
+        self, texts: list[str], *, batch_size: int = 64, normalize_embeddings: bool = False,
+        **_: Any,
+    ) -> npt.NDArray[np.float32]:
+        out = self.encoder.encode(texts, batch_size=batch_size)
+        if normalize_embeddings:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
 
 def _load_encoder(flavor: Flavor, folder: Path) -> Any:

@@ -71,7 +71,10 @@ class TextClassifier:
     def _encode(self, texts: list[str]) -> Any:
         limit = getattr(self.model.config, "max_position_embeddings", None) or self.max_length
         return self.tokenizer(
-            texts, padding=True, truncation=True, max_length=min(self.max_length, limit),
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=min(self.max_length, limit),
             return_tensors="pt",
         )
 
@@ -89,7 +92,12 @@ class TransformersFlavor(Flavor):
         )
 
     def save(
-        self, model: object, path: Path, *, trusted: bool, max_length: int | None = None,
+        self,
+        model: object,
+        path: Path,
+        *,
+        trusted: bool,
+        max_length: int | None = None,
         batch_size: int | None = None,
     ) -> dict[str, Any]:
         classifier = _classifier(model)

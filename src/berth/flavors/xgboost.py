@@ -45,6 +45,11 @@ class XGBoostFlavor(Flavor):
         estimator = type(model).__name__
         if estimator not in _ESTIMATORS:
             raise InvalidInputError(f"the xgboost flavor cannot save a {estimator}")
+        if estimator != "Booster":
+            try:
+                model.get_booster()  # type: ignore[attr-defined]
+            except (AttributeError, ValueError) as exc:  # XGBoost's NotFittedError is both
+                raise InvalidInputError(f"the {estimator} is not fitted: nothing to save") from exc
         file = f"model.{format}"
         model.save_model(str(path / file))  # type: ignore[attr-defined]
         options: dict[str, Any] = {"file": file, "estimator": estimator, "nthread": nthread}
@@ -62,7 +67,9 @@ class XGBoostFlavor(Flavor):
         except xgb.core.XGBoostError as exc:
             raise InvalidInputError(f"{source.name} is not an XGBoost model: {exc}") from exc
         kind = _sklearn_type(booster)
-        if kind == "classifier" or (kind is None and _objective(booster) in _PROBABILITY_OBJECTIVES):
+        if kind == "classifier" or (
+            kind is None and _objective(booster) in _PROBABILITY_OBJECTIVES
+        ):
             classifier = xgb.XGBClassifier()
             classifier.load_model(str(source))
             return classifier
