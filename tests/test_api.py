@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import berth
 from tests.models import SumModel, numbers
+
+import berth
 
 
 def test_all_is_sorted_and_complete() -> None:

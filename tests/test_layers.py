@@ -117,15 +117,18 @@ def test_imports_point_down_the_layers() -> None:
 
 def _type_only(tree: ast.Module, line: int) -> bool:
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            if any(getattr(n, "lineno", -1) == line for n in ast.walk(node)):
-                return True
+        if (
+            isinstance(node, ast.If)
+            and "TYPE_CHECKING" in ast.unparse(node.test)
+            and any(getattr(n, "lineno", -1) == line for n in ast.walk(node))
+        ):
+            return True
     return False
 
 
 def test_optional_extras_are_never_imported_at_module_level() -> None:
     problems = []
-    for module, tree, path in _modules():
+    for _module, tree, path in _modules():
         for line, target in _top_level_imports(tree):
             if target.split(".")[0] in OPTIONAL:
                 problems.append(f"{path.relative_to(SRC.parent)}:{line} imports {target}")

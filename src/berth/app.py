@@ -72,10 +72,21 @@ class Berth:
         ``UntrustedArtifactError`` when the model needs a code-executing format without trust.
         """
         return register_model(
-            self.registry, model, name, actor=self.actor, flavor=flavor, signature=signature,
-            metrics=metrics, params=params, training_data=training_data, tags=tags,
-            description=description, trusted=trusted, code_path=code_path,
-            save_options=save_options, source=source,
+            self.registry,
+            model,
+            name,
+            actor=self.actor,
+            flavor=flavor,
+            signature=signature,
+            metrics=metrics,
+            params=params,
+            training_data=training_data,
+            tags=tags,
+            description=description,
+            trusted=trusted,
+            code_path=code_path,
+            save_options=save_options,
+            source=source,
         )
 
     def load(self, ref: str) -> LoadedModel:
@@ -88,7 +99,9 @@ class Berth:
     def list_models(self, search: str | None = None) -> list[ModelSummary]:
         return self.registry.list_models(search)
 
-    def list_versions(self, name: str, *, tags: Mapping[str, str] | None = None) -> list[VersionInfo]:
+    def list_versions(
+        self, name: str, *, tags: Mapping[str, str] | None = None
+    ) -> list[VersionInfo]:
         return self.registry.list_versions(name, tags=tags)
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:

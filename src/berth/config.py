@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     )
     artifact_root: Path | None = Field(
         default=None,
-        description="Folder of the content-addressed artifact store; default $BERTH_HOME/artifacts.",
+        description="Content-addressed artifact store; default $BERTH_HOME/artifacts.",
     )
     user: str | None = Field(
         default=None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
@@ -26,5 +25,3 @@ class Predictor(Protocol):
     """
 
     def predict(self, batch: pd.DataFrame) -> Outputs: ...
-
-

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from berth.app import Berth
-from berth.errors import InvalidInputError
+from berth.errors import InvalidInputError, MissingExtraError
 from berth.flavors import detect_flavor
 from berth.flavors.lightgbm import FLAVOR
 from berth.registry.signature import infer_signature
@@ -123,3 +124,11 @@ def test_refusals(tmp_path: Path) -> None:
         FLAVOR.read(tmp_path / "model.pkl", trusted=False)
     with pytest.raises(InvalidInputError, match="not fitted"):
         FLAVOR.save(lgb.LGBMClassifier(), tmp_path, trusted=False)
+
+
+def test_a_missing_framework_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # import lightgbm now fails
+    with pytest.raises(MissingExtraError, match=r"berth\[lightgbm\]"):
+        FLAVOR.read(tmp_path / "model.txt", trusted=False)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 
 from berth.app import Berth
-from berth.errors import InvalidInputError
+from berth.errors import InvalidInputError, MissingExtraError
 from berth.flavors import detect_flavor
 from berth.flavors.onnx import FLAVOR
 from berth.registry.signature import Output, infer_signature
@@ -180,3 +181,11 @@ def _saved(proto: Any, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     FLAVOR.save(proto, path, trusted=False)
     return path
+
+
+def test_a_missing_framework_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails
+    with pytest.raises(MissingExtraError, match=r"berth\[onnx\]"):
+        FLAVOR.read(tmp_path / "model.onnx", trusted=False)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from tests.models import SumModel, numbers
 
 from berth.app import Berth
 from berth.errors import UntrustedArtifactError
 from berth.flavors import detect_flavor
-from tests.models import SumModel, numbers
 
 
 class TwoOutputs:
-    outputs = [{"name": "total", "dtype": "float64"}, {"name": "bigger", "dtype": "bool"}]
+    outputs = ({"name": "total", "dtype": "float64"}, {"name": "bigger", "dtype": "bool"})
 
     def predict(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         total = frame["a"].to_numpy() + frame["b"].to_numpy()

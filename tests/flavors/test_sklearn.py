@@ -63,8 +63,9 @@ def test_model_trained_on_arrays_gets_arrays(client: Berth, tabular) -> None:
     model = LogisticRegression().fit(numeric.to_numpy(), y)
     v = client.register(model, "arrays", training_data=numeric)
     assert v.flavor_options["input"] == "array"
-    np.testing.assert_array_equal(client.load(v.ref).predict(numeric)["label"],
-                                  model.predict(numeric.to_numpy()))
+    np.testing.assert_array_equal(
+        client.load(v.ref).predict(numeric)["label"], model.predict(numeric.to_numpy())
+    )
 
 
 def test_regressor_outputs_prediction(client: Berth) -> None:
@@ -72,8 +73,9 @@ def test_regressor_outputs_prediction(client: Berth) -> None:
     frame = pd.DataFrame(x, columns=["a", "b", "c"])
     model = LinearRegression().fit(frame, y)
     v = client.register(model, "reg", training_data=frame)
-    np.testing.assert_allclose(client.load(v.ref).predict(frame)["prediction"],
-                               model.predict(frame))
+    np.testing.assert_allclose(
+        client.load(v.ref).predict(frame)["prediction"], model.predict(frame)
+    )
 
 
 @pytest.mark.parametrize("serializer", ["pickle", "joblib"])
@@ -83,12 +85,14 @@ def test_pickle_formats_need_trust_and_are_recorded(client: Berth, tabular, seri
     with pytest.raises(UntrustedArtifactError, match="trusted=True"):
         client.register(model, "p", training_data=frame, save_options={"serializer": serializer})
     assert client.list_models() == []
-    v = client.register(model, "p", training_data=frame, trusted=True,
-                        save_options={"serializer": serializer})
+    v = client.register(
+        model, "p", training_data=frame, trusted=True, save_options={"serializer": serializer}
+    )
     assert v.trusted is True
     assert v.flavor_options["serializer"] == serializer
-    np.testing.assert_allclose(client.load(v.ref).predict(frame)["probabilities"],
-                               model.predict_proba(frame))
+    np.testing.assert_allclose(
+        client.load(v.ref).predict(frame)["probabilities"], model.predict_proba(frame)
+    )
 
 
 def test_untrusted_types_are_named(client: Berth, tabular) -> None:

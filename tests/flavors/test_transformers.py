@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from berth.app import Berth
-from berth.errors import InvalidInputError, UntrustedArtifactError
+from berth.errors import InvalidInputError, MissingExtraError, UntrustedArtifactError
 from berth.flavors import detect_flavor
 from berth.flavors.transformers import FLAVOR, TextClassifier
 from berth.registry.signature import Signature
@@ -122,3 +123,13 @@ def _frame(texts: list[str]) -> Any:
     import pandas as pd
 
     return pd.DataFrame({"text": texts})
+
+
+def test_a_missing_framework_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
+    with pytest.raises(MissingExtraError, match=r"berth\[text\]"):
+        FLAVOR.read(tmp_path, trusted=False)

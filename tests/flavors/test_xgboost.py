@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from berth.app import Berth
-from berth.errors import InvalidInputError
+from berth.errors import InvalidInputError, MissingExtraError
 from berth.flavors import detect_flavor
 from berth.flavors.xgboost import FLAVOR
 from berth.registry.signature import infer_signature
@@ -94,6 +95,9 @@ def test_columns_follow_the_models_order_not_the_signatures(tmp_path: Path) -> N
     reversed_frame = frame[frame.columns[::-1]]
     out = FLAVOR.load(tmp_path, options, infer_signature(reversed_frame)).predict(reversed_frame)
     np.testing.assert_allclose(out["probabilities"], model.predict_proba(frame), rtol=1e-6)
+    renamed = frame.rename(columns={"f0": "age"})
+    with pytest.raises(InvalidInputError, match="trained on features f0, f1"):
+        FLAVOR.load(tmp_path, options, infer_signature(renamed))
 
 
 @pytest.mark.parametrize("suffix", [".json", ".ubj"])
@@ -135,3 +139,11 @@ def test_save_refusals(tmp_path: Path) -> None:
         FLAVOR.save(model, tmp_path, trusted=False, format="pickle")
     with pytest.raises(InvalidInputError, match="not fitted"):
         FLAVOR.save(xgb.XGBRegressor(), tmp_path, trusted=False)
+
+
+def test_a_missing_framework_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # import xgboost now fails
+    with pytest.raises(MissingExtraError, match=r"berth\[xgboost\]"):
+        FLAVOR.read(tmp_path / "model.json", trusted=False)

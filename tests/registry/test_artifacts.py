@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.models import SumModel, numbers
 
 from berth.app import Berth
 from berth.errors import ArtifactIntegrityError
 from berth.registry.artifacts import ArtifactStore
-from tests.models import SumModel, numbers
 
 
 def _seal(store: ArtifactStore, files: dict[str, bytes]) -> str:
@@ -35,9 +35,14 @@ def test_same_content_same_digest_and_one_copy(tmp_path: Path) -> None:
 def test_staging_leaves_nothing_behind(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     _seal(store, {"m": b"x"})
-    with pytest.raises(RuntimeError), store.staging() as stage:
-        (stage / "m").write_bytes(b"half")
-        raise RuntimeError("crash while saving")
+
+    def crash_while_saving() -> None:
+        with store.staging() as stage:
+            (stage / "m").write_bytes(b"half")
+            raise RuntimeError("crash while saving")
+
+    with pytest.raises(RuntimeError):
+        crash_while_saving()
     assert list((tmp_path / "tmp").iterdir()) == []
 
 

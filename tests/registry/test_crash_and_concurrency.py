@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from tests.models import SumModel, numbers
 
 from berth.app import Berth
 from berth.config import Settings
 from berth.errors import ModelNotFoundError
-from tests.models import SumModel, numbers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,11 @@ def _spawn(script: str, home: Path, database_url: str | None) -> subprocess.Pope
         env["BERTH_DATABASE_URL"] = database_url
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -57,7 +61,9 @@ def _assert_clean_and_usable(client: Berth) -> None:
     assert client.load("crashy/1").predict(numbers(3))["prediction"].shape == (3,)
 
 
-def test_kill_while_the_artifact_is_being_written(client: Berth, home: Path, tmp_path: Path) -> None:
+def test_kill_while_the_artifact_is_being_written(
+    client: Berth, home: Path, tmp_path: Path
+) -> None:
     marker = tmp_path / "saving"
     proc = _spawn(
         f"""
@@ -66,7 +72,8 @@ def test_kill_while_the_artifact_is_being_written(client: Berth, home: Path, tmp
         berth.connect().register(SlowToSave({str(marker)!r}), "crashy",
                                  training_data=numbers(), trusted=True)
         """,
-        home, None,
+        home,
+        None,
     )
     _wait_for(marker.exists, what="the registration to start saving")
     _kill(proc)
@@ -92,7 +99,8 @@ def test_kill_after_the_artifact_is_sealed_but_before_the_row_commits(
                 berth.connect().register(SumModel(), "crashy", training_data=numbers(),
                                          trusted=True)
                 """,
-                home, backend,
+                home,
+                backend,
             )
             _wait_for(lambda: client.store.digests(), what="the artifact to be sealed")
             time.sleep(0.3)  # the writer is now queued on the database lock
@@ -105,8 +113,9 @@ def test_kill_after_the_artifact_is_sealed_but_before_the_row_commits(
 
 def _hold_write_lock(client: Berth, backend: str | None):
     if backend is None:
-        conn = sqlite3.connect(client.settings.resolved_database_url().split(":///", 1)[1],
-                               isolation_level=None)
+        conn = sqlite3.connect(
+            client.settings.resolved_database_url().split(":///", 1)[1], isolation_level=None
+        )
         conn.execute("BEGIN IMMEDIATE")
         return conn
     engine = sqlalchemy.create_engine(backend)
@@ -141,7 +150,8 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(
                 v = client.register(SumModel(), "race", training_data=numbers(), trusted=True)
                 print(v.version, flush=True)
             """,
-            home, backend,
+            home,
+            backend,
         )
         for _ in range(writers)
     ]

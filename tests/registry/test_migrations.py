@@ -26,6 +26,11 @@ def test_migrating_twice_is_a_no_op(home: Path) -> None:
     with db.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == "0001"
     assert set(inspect(db.engine).get_table_names()) >= {
-        "models", "versions", "version_profiles", "aliases", "audit_events", "alembic_version"
+        "models",
+        "versions",
+        "version_profiles",
+        "aliases",
+        "audit_events",
+        "alembic_version",
     }
     db.dispose()

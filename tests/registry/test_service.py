@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.models import SumModel, numbers
 
 from berth.app import Berth
 from berth.errors import (
@@ -14,7 +15,6 @@ from berth.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from tests.models import SumModel, numbers
 
 
 def _register(client: Berth, name: str = "summer", **kwargs: object):

@@ -463,7 +463,7 @@ _PROPERTY = settings(
 )
 
 
-@_PROPERTY
+@settings(_PROPERTY, max_examples=60)
 @given(valid_frames())
 def test_property_valid_frames_pass_with_the_same_values(
     case: tuple[Signature, pd.DataFrame, dict[str, list[Any]]],

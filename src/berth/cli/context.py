@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import typer
 
 from berth.app import Berth
@@ -23,7 +22,7 @@ def client(ctx: typer.Context) -> Berth:
     return found
 
 
-def configure(ctx: click.Context, home: Path | None, database_url: str | None, debug: bool) -> None:
+def configure(ctx: typer.Context, home: Path | None, database_url: str | None, debug: bool) -> None:
     overrides: dict[str, object] = {}
     if home is not None:
         overrides["home"] = home

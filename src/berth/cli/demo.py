@@ -20,9 +20,20 @@ def demo(ctx: typer.Context) -> None:
     """
     c = client(ctx)
     with console.status("working…") as status:
-        versions = run_demo(c, lambda line: (status.update(line), console.print(f"  {line}")))
-    table = Table("version", "aliases", "flavor", "held-out metrics", title="Demo models",
-                  title_justify="left")
+
+        def say(line: str) -> None:
+            status.update(line)
+            console.print(f"  {line}")
+
+        versions = run_demo(c, say)
+    table = Table(
+        "version",
+        "aliases",
+        "flavor",
+        "held-out metrics",
+        title="Demo models",
+        title_justify="left",
+    )
     for v in versions:
         live = c.get_version(v.ref)
         metrics = ", ".join(f"{k}={val:.3f}" for k, val in v.metrics.items())
@@ -35,5 +46,5 @@ def demo(ctx: typer.Context) -> None:
         "  berth models show credit-risk@production\n"
         f"  berth predict credit-risk@production --input {samples / 'credit-risk.json'} --table\n"
         f"  berth predict sentiment@production --input {samples / 'sentiment.json'} --table\n"
-        "  echo '{\"texts\": [\"I loved it\"]}' | berth predict sentiment -i -"
+        '  echo \'{"texts": ["I loved it"]}\' | berth predict sentiment -i -'
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
+import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
 from berth.errors import BerthError, ErrorKind
@@ -19,18 +20,18 @@ EXIT_CODES: dict[ErrorKind, int] = {
     "unavailable": 7,
 }
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 class BerthGroup(TyperGroup):
     """The root group: turns a BerthError raised anywhere below into one line and an exit code,
     unless ``--debug`` asked for the traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # same class at run time
         try:
             return super().invoke(ctx)
         except BerthError as exc:
             if ctx.meta.get("berth.debug"):
                 raise
-            stderr.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            stderr.print(Text.assemble(("error:", "bold red"), f" {exc}"))
             ctx.exit(EXIT_CODES[exc.kind])

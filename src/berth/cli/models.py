@@ -16,7 +16,7 @@ from berth.registry.signature import Signature
 from berth.runtime.files import read_input
 
 from .context import client
-from .output import console, key_values, print_json, size, when
+from .output import bold, console, key_values, print_json, size, when
 
 app = typer.Typer(
     help="Models and their versions in the registry.",
@@ -45,8 +45,14 @@ def list_models(
     table = Table("model", "versions", "latest", "aliases", "updated", "description")
     for m in models:
         aliases = ", ".join(f"{a}→{v}" for a, v in m.aliases.items())
-        table.add_row(m.name, str(m.versions), str(m.latest_version or "-"), aliases,
-                      when(m.updated_at), m.description)
+        table.add_row(
+            m.name,
+            str(m.versions),
+            str(m.latest_version or "-"),
+            aliases,
+            when(m.updated_at),
+            m.description,
+        )
     console.print(table if models else "No models yet. Try: berth demo")
 
 
@@ -63,8 +69,15 @@ def versions(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
     table = Table("version", "aliases", "flavor", "metrics", "size", "created", "by")
     for v in found:
         metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
-        table.add_row(str(v.version), ", ".join(v.aliases), v.flavor, metrics, size(v.size_bytes),
-                      when(v.created_at), v.created_by)
+        table.add_row(
+            str(v.version),
+            ", ".join(v.aliases),
+            v.flavor,
+            metrics,
+            size(v.size_bytes),
+            when(v.created_at),
+            v.created_by,
+        )
     console.print(table)
 
 
@@ -79,28 +92,28 @@ def show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(_version_dict(info))
         return
-    console.print(f"[bold]{info.ref}[/]  aliases: {', '.join(info.aliases) or '-'}")
+    bold(info.ref, f"  aliases: {', '.join(info.aliases) or '-'}")
     console.print(f"flavor {info.flavor}, {size(info.size_bytes)}, sha256 {info.digest}")
-    console.print(f"created {when(info.created_at)} by {info.created_by}"
-                  f"{', trusted' if info.trusted else ''}")
+    console.print(
+        f"created {when(info.created_at)} by {info.created_by}{', trusted' if info.trusted else ''}"
+    )
     if info.description:
         console.print(info.description)
     console.print(_signature_table(info.signature))
     for title, values in (("metrics", info.metrics), ("params", info.params), ("tags", info.tags)):
         if values:
-            console.print(f"[bold]{title}[/] " + ", ".join(f"{k}={v}" for k, v in values.items()))
+            bold(title, " " + ", ".join(f"{k}={v}" for k, v in values.items()))
     data = info.lineage.get("training_data")
     if data:
-        console.print(f"[bold]training data[/] {data['rows']} rows, fingerprint "
-                      f"{data['fingerprint'][:16]}…")
+        bold("training data", f" {data['rows']} rows, fingerprint {data['fingerprint'][:16]}…")
     code = info.lineage.get("code")
     if code:
-        console.print(f"[bold]code[/] commit {code['commit'][:12]}"
-                      f"{' (uncommitted changes)' if code.get('dirty') else ''}")
+        dirty = " (uncommitted changes)" if code.get("dirty") else ""
+        bold("code", f" commit {code['commit'][:12]}{dirty}")
     env = info.lineage.get("environment", {})
     if env:
         packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
-        console.print(f"[bold]environment[/] Python {env.get('python')}; {packages}")
+        bold("environment", f" Python {env.get('python')}; {packages}")
 
 
 @app.command("history")
@@ -115,8 +128,13 @@ def history(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
         return
     table = Table("when", "who", "alias", "from", "to")
     for e in events:
-        table.add_row(when(e.at), e.actor, e.subject.split("@", 1)[1],
-                      str(e.details.get("from") or "-"), str(e.details.get("to") or "-"))
+        table.add_row(
+            when(e.at),
+            e.actor,
+            e.subject.split("@", 1)[1],
+            str(e.details.get("from") or "-"),
+            str(e.details.get("to") or "-"),
+        )
     console.print(table)
 
 
@@ -168,14 +186,22 @@ def register(
         except ValueError:
             raise InvalidInputError(f"metric {key!r} must be a number, got {value!r}") from None
     info = c.register(
-        model, name, flavor=chosen, signature=sig, training_data=data, metrics=metrics,
-        params=key_values(param, "param"), tags=key_values(tag, "tag"), description=description,
-        trusted=trusted, source=str(path.resolve()),
+        model,
+        name,
+        flavor=chosen,
+        signature=sig,
+        training_data=data,
+        metrics=metrics,
+        params=key_values(param, "param"),
+        tags=key_values(tag, "tag"),
+        description=description,
+        trusted=trusted,
+        source=str(path.resolve()),
     )
     for a in alias:
         c.set_alias(name, a, info.version)
-    console.print(f"registered [bold]{info.ref}[/] ({info.flavor}, {size(info.size_bytes)})"
-                  + (f"; aliases: {', '.join(alias)}" if alias else ""))
+    aliases = f"; aliases: {', '.join(alias)}" if alias else ""
+    console.print(f"registered {info.ref} ({info.flavor}, {size(info.size_bytes)}){aliases}")
 
 
 @app.command("alias")
@@ -192,8 +218,8 @@ def alias(
     """
     c = client(ctx)
     if delete:
-        before = c.delete_alias(name, alias_name)
-        console.print(f"removed {name}@{alias_name} (was version {before})")
+        removed = c.delete_alias(name, alias_name)
+        console.print(f"removed {name}@{alias_name} (was version {removed})")
         return
     if version is None:
         raise InvalidInputError("give the VERSION to point the alias at, or --delete")
@@ -222,8 +248,9 @@ def delete(
 
 
 def _signature_table(signature: Signature) -> Table:
-    table = Table("input", "dtype", "allowed", title=f"{signature.kind} signature",
-                  title_justify="left")
+    table = Table(
+        "input", "dtype", "allowed", title=f"{signature.kind} signature", title_justify="left"
+    )
     for f in signature.inputs:
         if f.categories:
             allowed = ", ".join(f.categories[:8]) + (" …" if len(f.categories) > 8 else "")
@@ -240,12 +267,20 @@ def _signature_table(signature: Signature) -> Table:
 
 def _version_dict(v: VersionInfo) -> dict[str, object]:
     return {
-        "ref": v.ref, "model": v.model, "version": v.version, "aliases": list(v.aliases),
-        "flavor": v.flavor, "digest": v.digest, "size_bytes": v.size_bytes,
-        "signature": v.signature.to_dict(), "metrics": v.metrics, "params": v.params,
-        "tags": v.tags, "lineage": v.lineage, "description": v.description,
-        "trusted": v.trusted, "created_at": v.created_at, "created_by": v.created_by,
+        "ref": v.ref,
+        "model": v.model,
+        "version": v.version,
+        "aliases": list(v.aliases),
+        "flavor": v.flavor,
+        "digest": v.digest,
+        "size_bytes": v.size_bytes,
+        "signature": v.signature.to_dict(),
+        "metrics": v.metrics,
+        "params": v.params,
+        "tags": v.tags,
+        "lineage": v.lineage,
+        "description": v.description,
+        "trusted": v.trusted,
+        "created_at": v.created_at,
+        "created_by": v.created_by,
     }
-
-
-

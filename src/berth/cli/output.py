@@ -8,13 +8,22 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.text import Text
 
-console = Console(highlight=False, soft_wrap=True)
+# Markup off: model names, descriptions and error messages are user text, never Rich markup.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+
+
+def bold(title: str, rest: str = "") -> None:
+    """A line with a bold lead, the rest printed verbatim."""
+    console.print(Text.assemble((title, "bold"), rest))
 
 
 def print_json(value: Any) -> None:
     """Write JSON to stdout without Rich's wrapping, so pipes get valid JSON."""
-    data = orjson.dumps(value, default=_default, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    data = orjson.dumps(
+        value, default=_default, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    )
     console.file.write(data.decode() + "\n")
 
 

@@ -45,6 +45,7 @@ def predict(
 
 def _cell(value: object) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
-                         for k, v in value.items())
+        return ", ".join(
+            f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items()
+        )
     return f"{value:.4f}" if isinstance(value, float) else str(value)

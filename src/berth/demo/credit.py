@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 ROWS = 24_000
@@ -30,8 +31,14 @@ FEATURES = (
     "late_payments_2y", "home_ownership", "purpose",
 )  # fmt: skip
 PURPOSES = ("car", "debt_consolidation", "education", "home_improvement", "medical", "business")
-_PURPOSE_RISK = {"car": -0.2, "debt_consolidation": 0.25, "education": 0.1,
-                 "home_improvement": -0.15, "medical": 0.3, "business": 0.45}
+_PURPOSE_RISK = {
+    "car": -0.2,
+    "debt_consolidation": 0.25,
+    "education": 0.1,
+    "home_improvement": -0.15,
+    "medical": 0.3,
+    "business": 0.45,
+}
 
 
 def generate(rows: int = ROWS, seed: int = SEED) -> pd.DataFrame:
@@ -40,10 +47,15 @@ def generate(rows: int = ROWS, seed: int = SEED) -> pd.DataFrame:
     age = rng.integers(18, 76, rows)
     sex = rng.choice(np.array(["female", "male"], dtype=object), rows)
     employment = np.minimum(np.maximum(age - 18, 0), rng.gamma(2.0, 3.5, rows)).round(1)
-    income = np.round(rng.lognormal(10.6, 0.45, rows) * (1 + 0.012 * np.minimum(employment, 25)), -2)
-    home = rng.choice(np.array(["rent", "mortgage", "own"], dtype=object), rows, p=[0.45, 0.4, 0.15])
-    purpose = rng.choice(np.array(PURPOSES, dtype=object), rows,
-                         p=[0.22, 0.3, 0.1, 0.18, 0.08, 0.12])
+    income = np.round(
+        rng.lognormal(10.6, 0.45, rows) * (1 + 0.012 * np.minimum(employment, 25)), -2
+    )
+    home = rng.choice(
+        np.array(["rent", "mortgage", "own"], dtype=object), rows, p=[0.45, 0.4, 0.15]
+    )
+    purpose = rng.choice(
+        np.array(PURPOSES, dtype=object), rows, p=[0.22, 0.3, 0.1, 0.18, 0.08, 0.12]
+    )
     term = rng.choice(np.array([12, 24, 36, 48, 60]), rows, p=[0.1, 0.2, 0.35, 0.15, 0.2])
     loan = np.round(np.clip(rng.lognormal(9.3, 0.6, rows), 1_000, 60_000), -2)
     history = np.round(np.clip(age - 18 - rng.gamma(2.0, 2.0, rows), 0, None), 1)
@@ -51,7 +63,6 @@ def generate(rows: int = ROWS, seed: int = SEED) -> pd.DataFrame:
     late = rng.poisson(np.where(rng.random(rows) < 0.2, 1.8, 0.25), rows)
     dti = np.round(np.clip(rng.beta(2.2, 5.0, rows) + loan / (income * 4), 0.01, 0.95), 3)
 
-    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731 - local standardiser
     purpose_risk = np.vectorize(_PURPOSE_RISK.__getitem__)(purpose)
     logit = (
         -1.9
@@ -68,26 +79,34 @@ def generate(rows: int = ROWS, seed: int = SEED) -> pd.DataFrame:
     rate = np.round(np.clip(6.5 + 2.2 * logit + rng.normal(0, 1.2, rows), 3.0, 29.9), 2)
     truth = rng.random(rows) < 1 / (1 + np.exp(-logit))
     biased = truth | ((sex == "female") & (rng.random(rows) < BIAS_RATE))
-    bands = pd.cut(age, [17, 25, 35, 50, 65, 120],
-                   labels=["18-25", "26-35", "36-50", "51-65", "66+"]).astype(str)
-    return pd.DataFrame({
-        "age": age.astype(np.int64),
-        "age_band": np.asarray(bands, dtype=object),
-        "sex": sex,
-        "income": income.astype(np.float64),
-        "employment_years": employment.astype(np.float64),
-        "loan_amount": loan.astype(np.float64),
-        "loan_term_months": term.astype(np.int64),
-        "interest_rate": rate.astype(np.float64),
-        "debt_to_income": dti.astype(np.float64),
-        "credit_history_years": history.astype(np.float64),
-        "open_accounts": accounts.astype(np.int64),
-        "late_payments_2y": late.astype(np.int64),
-        "home_ownership": home,
-        "purpose": purpose,
-        LABEL: biased.astype(np.int64),
-        TRUTH: truth.astype(np.int64),
-    })
+    bands = pd.cut(
+        age, [17, 25, 35, 50, 65, 120], labels=["18-25", "26-35", "36-50", "51-65", "66+"]
+    ).astype(str)
+    return pd.DataFrame(
+        {
+            "age": age.astype(np.int64),
+            "age_band": np.asarray(bands, dtype=object),
+            "sex": sex,
+            "income": income.astype(np.float64),
+            "employment_years": employment.astype(np.float64),
+            "loan_amount": loan.astype(np.float64),
+            "loan_term_months": term.astype(np.int64),
+            "interest_rate": rate.astype(np.float64),
+            "debt_to_income": dti.astype(np.float64),
+            "credit_history_years": history.astype(np.float64),
+            "open_accounts": accounts.astype(np.int64),
+            "late_payments_2y": late.astype(np.int64),
+            "home_ownership": home,
+            "purpose": purpose,
+            LABEL: biased.astype(np.int64),
+            TRUTH: truth.astype(np.int64),
+        }
+    )
+
+
+def z(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Standardise, so the risk weights below read as effects per standard deviation."""
+    return np.asarray((x - x.mean()) / x.std(), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -99,8 +118,9 @@ class Split:
 def split(data: pd.DataFrame, test_fraction: float = 0.2, seed: int = SEED) -> Split:
     order = np.random.default_rng(seed + 1).permutation(len(data))
     cut = int(len(data) * (1 - test_fraction))
-    return Split(data.iloc[order[:cut]].reset_index(drop=True),
-                 data.iloc[order[cut:]].reset_index(drop=True))
+    return Split(
+        data.iloc[order[:cut]].reset_index(drop=True), data.iloc[order[cut:]].reset_index(drop=True)
+    )
 
 
 CATEGORICAL = ("age_band", "sex", "home_ownership", "purpose")
@@ -115,9 +135,14 @@ def build_model(params: dict[str, Any]) -> Any:
 
     numeric = [f for f in FEATURES if f not in CATEGORICAL]
     encode = ColumnTransformer(
-        [("categories", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
-          list(CATEGORICAL)),
-         ("numbers", "passthrough", numeric)],
+        [
+            (
+                "categories",
+                OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                list(CATEGORICAL),
+            ),
+            ("numbers", "passthrough", numeric),
+        ],
         verbose_feature_names_out=False,
     )
     boost = HistGradientBoostingClassifier(
@@ -129,8 +154,15 @@ def build_model(params: dict[str, Any]) -> Any:
 # v1: an early, simple model on the first year of applications; v2: more data, more capacity.
 VERSIONS: tuple[dict[str, Any], ...] = (
     {"rows": 4_000, "params": {"max_iter": 25, "max_depth": 2, "learning_rate": 0.1}},
-    {"rows": None, "params": {"max_iter": 250, "max_depth": 5, "learning_rate": 0.06,
-                               "l2_regularization": 1.0}},
+    {
+        "rows": None,
+        "params": {
+            "max_iter": 250,
+            "max_depth": 5,
+            "learning_rate": 0.06,
+            "l2_regularization": 1.0,
+        },
+    },
 )
 
 

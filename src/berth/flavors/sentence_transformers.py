@@ -36,7 +36,7 @@ class SentenceClassifier:
     batch_size: int = 64
 
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        return np.asarray(
+        return np.asarray(  # type: ignore[no-any-return]
             self.encoder.encode(
                 texts,
                 batch_size=self.batch_size,
@@ -51,7 +51,8 @@ class SentenceClassifier:
         return np.asarray(self.head.predict_proba(self.embed(texts)), dtype=np.float64)
 
     def predict(self, texts: list[str]) -> npt.NDArray[Any]:
-        return np.asarray(self.head.classes_)[self.predict_proba(texts).argmax(axis=1)]
+        best = self.predict_proba(texts).argmax(axis=1)
+        return np.asarray(self.head.classes_)[best]  # type: ignore[no-any-return]
 
 
 class SentenceTransformersFlavor(Flavor):
@@ -122,7 +123,9 @@ class SentenceTransformersFlavor(Flavor):
             sio = self.import_module("skops.io")
             head = sio.load(path / _HEAD, trusted=options.get("head_trusted_types", []))
         return SentenceTransformerPredictor(
-            encoder, head, normalize=options.get("normalize", False),
+            encoder,
+            head,
+            normalize=options.get("normalize", False),
             batch_size=options.get("batch_size", 64),
         )
 
@@ -133,9 +136,8 @@ class SentenceTransformersFlavor(Flavor):
         if isinstance(model, SentenceClassifier):
             return classifier_outputs(model.head.classes_)
         # sentence-transformers 6 renamed the method; older releases only have the old name.
-        getter = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
-        )
+        old_name = "get_sentence_embedding_dimension"
+        getter = getattr(model, "get_embedding_dimension", None) or getattr(model, old_name)
         dim = int(getter())
         return [Output(name="embedding", dtype="float32", shape=(-1, dim))]
 
@@ -168,7 +170,11 @@ class _FastEncoder:
         self.encoder = encoder
 
     def encode(
-        self, texts: list[str], *, batch_size: int = 64, normalize_embeddings: bool = False,
+        self,
+        texts: list[str],
+        *,
+        batch_size: int = 64,
+        normalize_embeddings: bool = False,
         **_: Any,
     ) -> npt.NDArray[np.float32]:
         out = self.encoder.encode(texts, batch_size=batch_size)
@@ -190,4 +196,4 @@ def quiet_transformers() -> None:
     """Progress bars for reading a 90 MB local file are noise in a CLI and in server logs."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -101,7 +101,7 @@ class SklearnFlavor(Flavor):
         else:
             import pickle
 
-            model = pickle.loads(file.read_bytes())  # noqa: S301 - the version is marked trusted
+            model = pickle.loads(file.read_bytes())
         return SklearnPredictor(model, as_frame=options.get("input") == "frame")
 
     def outputs(self, model: object, signature: Signature) -> list[Output]:

@@ -80,7 +80,10 @@ class TransformerEncoder:
     def _batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         torch = self.torch
         tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.config.max_seq_length,
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_seq_length,
             return_tensors="pt",
         )
         hidden = self.model(**tokens).last_hidden_state

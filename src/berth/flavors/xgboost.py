@@ -95,7 +95,7 @@ class XGBoostFlavor(Flavor):
             model.set_param({"nthread": nthread})
         else:
             model.set_params(n_jobs=nthread)  # the wrapper passes it on to its Booster
-        return XGBoostPredictor(model, options.get("classes"))
+        return XGBoostPredictor(model, options.get("classes"), signature)
 
     def outputs(self, model: object, signature: Signature) -> list[Output]:
         classes = _classes(model)
@@ -112,11 +112,17 @@ class XGBoostPredictor:
     objective; a raw Booster with a probability objective is read the same way by hand.
     """
 
-    def __init__(self, model: Any, classes: list[Any] | None) -> None:
+    def __init__(self, model: Any, classes: list[Any] | None, signature: Signature) -> None:
         self.model = model
         self.raw = type(model).__name__ == "Booster"
         self.booster = model if self.raw else model.get_booster()
         self.features = self.booster.feature_names
+        if self.features and set(self.features) != set(signature.names):
+            # XGBoost checks names on every call: fail once, at load, with both lists
+            raise InvalidInputError(
+                f"the model was trained on features {', '.join(self.features)} but the "
+                f"signature names {', '.join(signature.names)}"
+            )
         self.classes = _label_array(classes) if classes is not None else None
 
     def predict(self, batch: pd.DataFrame) -> Outputs:

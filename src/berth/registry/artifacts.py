@@ -66,7 +66,7 @@ class ArtifactStore:
         (stage / MANIFEST).write_bytes(manifest)
         for rel in [*files, MANIFEST]:
             _fsync(stage / rel)
-        size = sum(f["size"] for f in files.values())
+        size = sum(int(str(f["size"])) for f in files.values())
         target = self.path(digest)
         if target.is_dir():
             self.verify(digest)
@@ -86,7 +86,9 @@ class ArtifactStore:
         what = label or f"artifact {digest[:12]}"
         folder = self.path(digest)
         if not folder.is_dir():
-            raise ArtifactIntegrityError(f"{what}: artifact {digest[:12]} is missing from the store")
+            raise ArtifactIntegrityError(
+                f"{what}: artifact {digest[:12]} is missing from the store"
+            )
         try:
             manifest = (folder / MANIFEST).read_bytes()
         except FileNotFoundError as exc:

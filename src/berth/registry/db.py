@@ -70,7 +70,9 @@ class Database:
                     return
             with self.engine.execution_options(berth_write=True).begin() as conn:
                 if self.dialect == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
+                    )
                 # Checked again under the lock: another process may have migrated meanwhile.
                 if MigrationContext.configure(conn).get_current_revision() != head:
                     _upgrade(conn)
@@ -107,7 +109,7 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # pysqlite's own BEGIN handling defers locks and breaks SAVEPOINTs; we issue BEGIN ourselves.
+        # pysqlite's own BEGIN defers locks and breaks SAVEPOINTs; we issue BEGIN ourselves.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")

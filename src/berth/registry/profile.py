@@ -51,20 +51,20 @@ def profile(
         return {"rows": len(texts), "features": {"text": _text_profile(texts, embed)}}
     assert isinstance(data, pd.DataFrame)
     features = {f.name: _column_profile(data[f.name], f.dtype) for f in signature.inputs}
-    return {"rows": int(len(data)), "features": features}
+    return {"rows": len(data), "features": features}
 
 
 def _column_profile(column: pd.Series, dtype: str) -> dict[str, Any]:
     missing = int(column.isna().sum())
     values = column.dropna()
-    base: dict[str, Any] = {"count": int(len(values)), "missing": missing}
+    base: dict[str, Any] = {"count": len(values), "missing": missing}
     if dtype in NUMERIC:
         return base | {"type": "numeric"} | _numeric_summary(values.to_numpy(dtype=np.float64))
     counts = values.astype(str).value_counts()
     top = counts.iloc[:MAX_CATEGORIES]
     return base | {
         "type": "categorical",
-        "distinct": int(len(counts)),
+        "distinct": len(counts),
         "frequencies": {str(k): int(v) for k, v in top.items()},
         "other": int(counts.iloc[MAX_CATEGORIES:].sum()),
     }

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -148,8 +148,13 @@ class Registry:
                     s.flush()
                     if new.profile is not None:
                         s.add(ProfileRow(version_id=row.id, profile=new.profile))
-                    _audit(s, actor, "version.create", f"{new.model}/{number}",
-                           {"digest": new.digest, "flavor": new.flavor, "trusted": new.trusted})
+                    _audit(
+                        s,
+                        actor,
+                        "version.create",
+                        f"{new.model}/{number}",
+                        {"digest": new.digest, "flavor": new.flavor, "trusted": new.trusted},
+                    )
                     return _version_info(new.model, row, ())
             except IntegrityError:
                 # Two writers created the same new model at once; the loser retries and finds it.
@@ -168,8 +173,15 @@ class Registry:
             row = s.get(AliasRow, (model.id, alias))
             previous = row.version if row else None
             if row is None:
-                s.add(AliasRow(model_id=model.id, alias=alias, version=version,
-                               updated_at=utcnow(), updated_by=actor))
+                s.add(
+                    AliasRow(
+                        model_id=model.id,
+                        alias=alias,
+                        version=version,
+                        updated_at=utcnow(),
+                        updated_by=actor,
+                    )
+                )
             else:
                 row.version, row.updated_at, row.updated_by = version, utcnow(), actor
             _audit(s, actor, "alias.set", f"{name}@{alias}", {"from": previous, "to": version})
@@ -244,7 +256,9 @@ class Registry:
             model = _model(s, name)
             aliases = _aliases(s, model.id)
             rows = s.scalars(
-                select(VersionRow).where(VersionRow.model_id == model.id).order_by(VersionRow.version)
+                select(VersionRow)
+                .where(VersionRow.model_id == model.id)
+                .order_by(VersionRow.version)
             ).all()
             out = [_version_info(name, r, _aliases_of(aliases, r.version)) for r in rows]
         if tags:
@@ -267,7 +281,9 @@ class Registry:
                     | func.lower(ModelRow.description).like(pattern)
                 )
             rows = s.execute(query).all()
-            alias_rows = s.execute(select(AliasRow.model_id, AliasRow.alias, AliasRow.version)).all()
+            alias_rows = s.execute(
+                select(AliasRow.model_id, AliasRow.alias, AliasRow.version)
+            ).all()
         by_model: dict[int, dict[str, int]] = {}
         for model_id, alias, version in alias_rows:
             by_model.setdefault(model_id, {})[alias] = version
@@ -293,17 +309,12 @@ class Registry:
             if action:
                 query = query.where(AuditRow.action == action)
             return [
-                AuditEvent(r.at, r.actor, r.action, r.subject, r.details)
-                for r in s.scalars(query)
+                AuditEvent(r.at, r.actor, r.action, r.subject, r.details) for r in s.scalars(query)
             ]
 
     def alias_history(self, name: str) -> list[AuditEvent]:
         """Every alias move of a model: who, when, from which version to which."""
-        return [
-            e
-            for e in self.audit_log(f"{name}@")
-            if e.action in ("alias.set", "alias.delete")
-        ]
+        return [e for e in self.audit_log(f"{name}@") if e.action in ("alias.set", "alias.delete")]
 
     def referenced_digests(self) -> set[str]:
         with self.db.read() as s:
@@ -316,8 +327,14 @@ class Registry:
         if model_id is not None:
             return model_id
         with s.begin_nested():
-            row = ModelRow(name=name, description=description, tags={}, last_version=0,
-                           created_at=utcnow(), updated_at=utcnow())
+            row = ModelRow(
+                name=name,
+                description=description,
+                tags={},
+                last_version=0,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
             s.add(row)
             s.flush()
         return row.id
@@ -341,9 +358,9 @@ def _version_row(s: Session, model: ModelRow, version: int) -> VersionRow:
     )
     if row is None:
         known = s.scalars(
-            select(VersionRow.version).where(VersionRow.model_id == model.id).order_by(
-                VersionRow.version
-            )
+            select(VersionRow.version)
+            .where(VersionRow.model_id == model.id)
+            .order_by(VersionRow.version)
         ).all()
         raise VersionNotFoundError(model.name, version, known)
     return row

@@ -142,7 +142,7 @@ def _infer_feature(name: str, column: pd.Series, ranges: bool) -> Feature:
     if pd.api.types.is_bool_dtype(dtype):
         return Feature(name=name, dtype="bool", nullable=nullable)
     if pd.api.types.is_numeric_dtype(dtype):
-        np_name = np.dtype(dtype.numpy_dtype if hasattr(dtype, "numpy_dtype") else dtype).name
+        np_name = np.dtype(getattr(dtype, "numpy_dtype", dtype)).name  # type: ignore[arg-type]
         if np_name not in NUMERIC:
             raise InvalidInputError(f"feature {name!r}: unsupported dtype {dtype}")
         lo = hi = None
@@ -154,13 +154,12 @@ def _infer_feature(name: str, column: pd.Series, ranges: bool) -> Feature:
     if isinstance(dtype, pd.CategoricalDtype):
         cats = tuple(str(c) for c in dtype.categories)
         return Feature(name=name, dtype="string", nullable=nullable, categories=cats)
-    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+    if pd.api.types.is_string_dtype(dtype) or dtype is np.dtype(object):
         values = column.dropna()
         if not values.map(lambda v: isinstance(v, str)).all():
             raise InvalidInputError(f"feature {name!r}: mixes strings with other types")
         distinct = values.unique()
-        cats = None
-        if len(distinct) <= _MAX_INFERRED_CATEGORIES:
-            cats = tuple(sorted(str(v) for v in distinct))
-        return Feature(name=name, dtype="string", nullable=nullable, categories=cats)
+        few = len(distinct) <= _MAX_INFERRED_CATEGORIES
+        found = tuple(sorted(str(v) for v in distinct)) if few else None
+        return Feature(name=name, dtype="string", nullable=nullable, categories=found)
     raise InvalidInputError(f"feature {name!r}: unsupported dtype {dtype}")

@@ -113,8 +113,11 @@ def _data_lineage(data: TrainingData | None) -> dict[str, Any] | None:
     if data is None:
         return None
     if isinstance(data, pd.DataFrame):
-        return {"fingerprint": fingerprint(data), "rows": len(data),
-                "columns": [str(c) for c in data.columns]}
+        return {
+            "fingerprint": fingerprint(data),
+            "rows": len(data),
+            "columns": [str(c) for c in data.columns],
+        }
     texts = list(data)
     return {"fingerprint": fingerprint(texts), "rows": len(texts), "columns": ["text"]}
 
@@ -132,7 +135,12 @@ def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
 
 def _jsonable(values: Mapping[str, Any], what: str) -> dict[str, Any]:
     try:
-        return dict(orjson.loads(orjson.dumps(dict(values), option=orjson.OPT_SERIALIZE_NUMPY |
-                                              orjson.OPT_NON_STR_KEYS)))
+        return dict(
+            orjson.loads(
+                orjson.dumps(
+                    dict(values), option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+                )
+            )
+        )
     except TypeError as exc:
         raise InvalidInputError(f"{what} must be JSON-serialisable: {exc}") from exc

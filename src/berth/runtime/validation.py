@@ -40,8 +40,7 @@ def validate(signature: Signature, frame: pd.DataFrame) -> pd.DataFrame:
     position = {c: i for i, c in enumerate(columns)}
     allow_unknown = signature.unknown_categories == "allow"
     data = {
-        f.name: _column(f, frame.iloc[:, position[f.name]], allow_unknown)
-        for f in signature.inputs
+        f.name: _column(f, frame.iloc[:, position[f.name]], allow_unknown) for f in signature.inputs
     }
     return pd.DataFrame(data, index=pd.RangeIndex(len(frame)), copy=False)
 
@@ -49,9 +48,8 @@ def validate(signature: Signature, frame: pd.DataFrame) -> pd.DataFrame:
 def _column(feature: Feature, column: pd.Series, allow_unknown: bool) -> npt.NDArray[Any]:
     values = column.to_numpy()
     nulls = pd.isna(values) if values.dtype.kind in "fOUcmM" else None
-    if nulls is not None and nulls.any():
-        if not feature.nullable:
-            raise _bad(feature, "has a missing value", int(np.flatnonzero(nulls)[0]))
+    if nulls is not None and not feature.nullable and nulls.any():
+        raise _bad(feature, "has a missing value", int(np.flatnonzero(nulls)[0]))
     if feature.dtype in NUMERIC:
         return _numeric(feature, values, nulls)
     if feature.dtype == "bool":
@@ -83,14 +81,20 @@ def _numeric(
     if target.kind in "iu" and values.dtype.kind == "f":
         whole = np.isfinite(values) & (values == np.floor(values))
         if not whole.all():
-            raise _bad(feature, f"expects {feature.dtype}, got {values[~whole][0]!r}",
-                       int(np.flatnonzero(~whole)[0]))
+            raise _bad(
+                feature,
+                f"expects {feature.dtype}, got {values[~whole][0]!r}",
+                int(np.flatnonzero(~whole)[0]),
+            )
     if target.kind in "iu":
         info = np.iinfo(target)
         outside = (values < info.min) | (values > info.max)
         if outside.any():
-            raise _bad(feature, f"value {values[outside][0]} does not fit {feature.dtype}",
-                       int(np.flatnonzero(outside)[0]))
+            raise _bad(
+                feature,
+                f"value {values[outside][0]} does not fit {feature.dtype}",
+                int(np.flatnonzero(outside)[0]),
+            )
     converted = values.astype(target, copy=False)
     if feature.minimum is not None or feature.maximum is not None:
         lo = -np.inf if feature.minimum is None else feature.minimum
