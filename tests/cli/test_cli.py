@@ -176,6 +176,13 @@ def test_models_show_by_alias(cli: Invoke, model: Pipeline) -> None:
     assert shown["signature"]["outputs"][1]["classes"] == ["churn", "stay"]
 
 
+def test_user_text_is_printed_verbatim(cli: Invoke, client: Berth, model: Pipeline) -> None:
+    # Descriptions are user text: brackets in them are not Rich markup (nor a crash).
+    text = "[red]risky[/red] model [/oops]"
+    client.register(model, "churn", training_data=sample_frame(), description=text)
+    assert text in ok(cli("models", "show", "churn/2")).stdout
+
+
 def test_models_show_unknown_alias(cli: Invoke, model: Pipeline) -> None:
     assert_error(cli("models", "show", "churn@canary"), "not_found", "'canary'")
 
@@ -458,7 +465,7 @@ def test_real_entry_point_error_is_one_line(
 ) -> None:
     script, env = berth_script
     # Both processes at once (each spends a second or two importing), on separate homes.
-    plain, debug = (
+    procs = [
         subprocess.Popen(
             [str(script), "--home", str(home / name), *extra, "models", "show", "nope"],
             stdout=subprocess.PIPE,
@@ -467,14 +474,15 @@ def test_real_entry_point_error_is_one_line(
             env=env,
         )
         for name, extra in (("plain", []), ("debug", ["--debug"]))
-    )
-    out, err = plain.communicate(timeout=60)
+    ]
+    (out, err), (_, debug_err) = (p.communicate(timeout=60) for p in procs)
+    plain, debug = procs
+
     assert plain.returncode == EXIT_CODES["not_found"], err
     assert out == ""
     assert err.splitlines() == ["error: model 'nope' not found"]
     assert "Traceback" not in err
 
-    _, err = debug.communicate(timeout=60)
     assert debug.returncode != 0
-    assert "Traceback" in err
-    assert "ModelNotFoundError: model 'nope' not found" in err
+    assert "Traceback" in debug_err
+    assert "ModelNotFoundError: model 'nope' not found" in debug_err

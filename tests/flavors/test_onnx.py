@@ -115,8 +115,9 @@ def test_read_a_file_saved_by_onnx(tmp_path: Path, client: Berth) -> None:
     onnx.save_model(_convert(model, frame.to_numpy()[:1]), str(tmp_path / "clf.onnx"))
 
     proto = FLAVOR.read(tmp_path / "clf.onnx", trusted=False)
-    predictor = FLAVOR.load(_saved(proto, tmp_path / "art"), {}, infer_signature(frame))
-    out = predictor.predict(frame)
+    version = client.register(proto, "onnx-read", training_data=frame)
+    out = client.load(version.ref).predict(frame)
+    np.testing.assert_array_equal(out["label"], model.predict(frame.to_numpy()))
     np.testing.assert_allclose(
         out["probabilities"], model.predict_proba(frame.to_numpy()), rtol=1e-4
     )

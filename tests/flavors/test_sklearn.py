@@ -130,3 +130,11 @@ def test_read_a_skops_file(tmp_path: Path, tabular) -> None:
 def test_detection(tabular) -> None:
     frame, y = tabular
     assert detect_flavor(_pipeline(frame, y)).name == "sklearn"
+
+
+def test_unknown_save_option_is_named(client: Berth, tabular) -> None:
+    from berth.errors import InvalidInputError
+
+    frame, y = tabular
+    with pytest.raises(InvalidInputError, match=r"no save option 'bogus'; it takes: serializer"):
+        client.register(_pipeline(frame, y), "p", training_data=frame, save_options={"bogus": 1})

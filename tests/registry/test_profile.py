@@ -11,10 +11,12 @@ from berth.registry.signature import Signature, infer_signature
 
 def test_numeric_and_categorical_profiles() -> None:
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({
-        "x": rng.normal(10, 2, 5000),
-        "colour": rng.choice(["red", "blue", "green"], 5000, p=[0.5, 0.3, 0.2]).astype(object),
-    })
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(10, 2, 5000),
+            "colour": rng.choice(["red", "blue", "green"], 5000, p=[0.5, 0.3, 0.2]).astype(object),
+        }
+    )
     frame.loc[:9, "x"] = np.nan
     prof = profile(frame, infer_signature(frame))
     x = prof["features"]["x"]

@@ -11,13 +11,15 @@ from berth.registry.signature import Feature, Signature, infer_signature
 
 
 def test_inference_from_a_frame() -> None:
-    frame = pd.DataFrame({
-        "age": np.array([30, 40], dtype=np.int64),
-        "income": [1.5, np.nan],
-        "sex": ["f", "m"],
-        "flag": [True, False],
-        "band": pd.Categorical(["a", "b"], categories=["a", "b", "c"]),
-    })
+    frame = pd.DataFrame(
+        {
+            "age": np.array([30, 40], dtype=np.int64),
+            "income": [1.5, np.nan],
+            "sex": ["f", "m"],
+            "flag": [True, False],
+            "band": pd.Categorical(["a", "b"], categories=["a", "b", "c"]),
+        }
+    )
     sig = infer_signature(frame)
     got = {f.name: (f.dtype, f.nullable, f.categories) for f in sig.inputs}
     assert got == {
@@ -52,12 +54,24 @@ def test_round_trip_through_json() -> None:
     [
         ({"kind": "tabular", "inputs": []}, "at least one input"),
         ({"kind": "tabular", "inputs": [{"name": "x", "dtype": "complex"}]}, "inputs.0.dtype"),
-        ({"kind": "tabular", "inputs": [{"name": "x", "dtype": "int64", "categories": ["a"]}]},
-         "categories need dtype 'string'"),
-        ({"kind": "tabular", "inputs": [{"name": "x", "dtype": "int64", "minimum": 2,
-                                         "maximum": 1}]}, "minimum is above maximum"),
-        ({"kind": "tabular", "inputs": [{"name": "x", "dtype": "int64"},
-                                        {"name": "x", "dtype": "int64"}]}, "unique"),
+        (
+            {"kind": "tabular", "inputs": [{"name": "x", "dtype": "int64", "categories": ["a"]}]},
+            "categories need dtype 'string'",
+        ),
+        (
+            {
+                "kind": "tabular",
+                "inputs": [{"name": "x", "dtype": "int64", "minimum": 2, "maximum": 1}],
+            },
+            "minimum is above maximum",
+        ),
+        (
+            {
+                "kind": "tabular",
+                "inputs": [{"name": "x", "dtype": "int64"}, {"name": "x", "dtype": "int64"}],
+            },
+            "unique",
+        ),
         ({"kind": "text", "inputs": [{"name": "body", "dtype": "string"}]}, "named 'text'"),
     ],
 )

@@ -219,3 +219,8 @@ def test_records_with_class_count_mismatch_keep_vectors() -> None:
 
 def test_no_outputs_give_no_rows() -> None:
     assert to_records({}, CLASSIFIER) == []
+
+
+def test_one_object_of_scalars_is_one_record() -> None:
+    frame = to_frame({"age": 30, "plan": "basic"}, TABULAR)
+    assert as_columns(frame) == {"age": [30], "plan": ["basic"]}

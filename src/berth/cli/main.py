@@ -13,7 +13,6 @@ from .errors import BerthGroup
 
 app = typer.Typer(
     cls=BerthGroup,
-    help="Berth: take a trained model to production and keep it healthy there.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

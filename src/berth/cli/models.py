@@ -19,7 +19,8 @@ from .context import client
 from .output import bold, console, key_values, print_json, size, when
 
 app = typer.Typer(
-    help="Models and their versions in the registry.",
+    help="Models and their versions in the registry.\n\n"
+    "Example: berth models show credit-risk@production",
     no_args_is_help=True,
 )
 
@@ -53,7 +54,12 @@ def list_models(
             when(m.updated_at),
             m.description,
         )
-    console.print(table if models else "No models yet. Try: berth demo")
+    if models:
+        console.print(table)
+    elif search:
+        console.print(f"No model matches {search!r}.")
+    else:
+        console.print("No models yet. Try: berth demo")
 
 
 @app.command("versions")

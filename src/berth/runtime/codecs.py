@@ -25,6 +25,8 @@ def to_frame(data: Any, signature: Signature) -> pd.DataFrame:
             return _records(data["records"])
         if "texts" in data and len(data) == 1:
             return _texts(data["texts"], signature)
+        if data and not any(_is_column(v) for v in data.values()):
+            return _records([data])  # one record given on its own
         return _columns(data)
     if isinstance(data, str):
         return _texts([data], signature)
@@ -41,6 +43,10 @@ def to_frame(data: Any, signature: Signature) -> pd.DataFrame:
         f"cannot read input of type {type(data).__name__}: give records (a list of objects), "
         "columns (an object of lists), texts (a list of strings) or a DataFrame"
     )
+
+
+def _is_column(value: Any) -> bool:
+    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str)
 
 
 def _records(records: Any) -> pd.DataFrame:

@@ -61,6 +61,24 @@ def _sniff(raw: bytes) -> str:
     return "json"
 
 
+def _jsonl(raw: bytes, where: str) -> pd.DataFrame:
+    records = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(f"{where}: invalid JSON on line {number}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise InvalidInputError(
+                f"{where}: line {number} is a {type(record).__name__}, not an object (one record "
+                "per line)"
+            )
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
 def _decode(raw: bytes, fmt: str, where: str) -> Any:
     if not raw.strip():
         raise InvalidInputError(f"{where} is empty")
@@ -68,9 +86,7 @@ def _decode(raw: bytes, fmt: str, where: str) -> Any:
         if fmt == "json":
             return orjson.loads(raw)
         if fmt == "jsonl":
-            return pd.DataFrame.from_records(
-                [orjson.loads(line) for line in raw.splitlines() if line.strip()]
-            )
+            return _jsonl(raw, where)
         if fmt == "csv":
             return pd.read_csv(io.BytesIO(raw))
     except orjson.JSONDecodeError as exc:

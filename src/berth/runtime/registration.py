@@ -7,6 +7,7 @@ any point leaves either no version or a complete one.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,6 +68,7 @@ def register_model(
     if frame is not None:
         embed = chosen.embedder(model) if sig.kind == "text" else None
         reference = profile(frame, sig, embed=embed)
+    _check_save_options(chosen, save_options or {})
     with registry.store.staging() as stage:
         options = chosen.save(model, stage, trusted=trusted, **dict(save_options or {}))
         artifact = registry.store.commit(stage)
@@ -86,6 +88,20 @@ def register_model(
         trusted=trusted,
     )
     return registry.create_version(new, actor=actor)
+
+
+def _check_save_options(flavor: Flavor, options: Mapping[str, Any]) -> None:
+    accepted = [
+        name
+        for name, p in inspect.signature(flavor.save).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "trusted"
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InvalidInputError(
+            f"the {flavor.name} flavor takes no save option {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(accepted) or 'none'}"
+        )
 
 
 def _signature(

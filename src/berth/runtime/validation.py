@@ -1,6 +1,8 @@
 """Checking a batch against a signature: every problem names the feature and the first bad row.
 
-Checks are per column and vectorised, so their cost does not grow with a Python loop over rows.
+Checks are per column and vectorised, so their cost does not grow with a Python loop over rows
+(the exceptions are object columns, where each value's type must be looked at). The returned batch
+owns its arrays: a predictor may write into it without touching the caller's data.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ import pandas as pd
 from berth.errors import SchemaError
 from berth.registry.signature import NUMERIC, Feature, Signature
 
+Array = npt.NDArray[Any]
+
 
 def validate(signature: Signature, frame: pd.DataFrame) -> pd.DataFrame:
-    """Return ``frame`` with exactly the signature's columns, in order, dtypes coerced."""
+    """Return a new frame with exactly the signature's columns, in order, dtypes coerced.
+
+    A nullable integer feature with a missing value comes back as float64 with NaN (numpy integers
+    hold no missing value); a nullable bool feature with a missing value as object with None.
+    """
     if len(frame) == 0:
         raise SchemaError("the input has no rows")
     columns = [str(c) for c in frame.columns]
@@ -40,89 +48,119 @@ def validate(signature: Signature, frame: pd.DataFrame) -> pd.DataFrame:
     position = {c: i for i, c in enumerate(columns)}
     allow_unknown = signature.unknown_categories == "allow"
     data = {
-        f.name: _column(f, frame.iloc[:, position[f.name]], allow_unknown) for f in signature.inputs
+        f.name: _column(f, frame.iloc[:, position[f.name]].to_numpy(copy=True), allow_unknown)
+        for f in signature.inputs
     }
     return pd.DataFrame(data, index=pd.RangeIndex(len(frame)), copy=False)
 
 
-def _column(feature: Feature, column: pd.Series, allow_unknown: bool) -> npt.NDArray[Any]:
-    values = column.to_numpy()
+def _column(feature: Feature, values: Array, allow_unknown: bool) -> Array:
     nulls = pd.isna(values) if values.dtype.kind in "fOUcmM" else None
-    if nulls is not None and not feature.nullable and nulls.any():
+    if nulls is not None and not nulls.any():
+        nulls = None
+    if nulls is not None and not feature.nullable:
         raise _bad(feature, "has a missing value", int(np.flatnonzero(nulls)[0]))
     if feature.dtype in NUMERIC:
         return _numeric(feature, values, nulls)
     if feature.dtype == "bool":
-        if values.dtype.kind == "b":
-            return values
-        if values.dtype.kind == "O" and all(isinstance(v, bool | np.bool_) for v in values):
-            return values.astype(bool)
-        raise _type(feature, values)
+        return _bool(feature, values, nulls)
     return _string(feature, values, nulls, allow_unknown)
 
 
-def _numeric(
-    feature: Feature, values: npt.NDArray[Any], nulls: npt.NDArray[np.bool_] | None
-) -> npt.NDArray[Any]:
-    if values.dtype.kind == "O":
-        ok = np.fromiter(
-            (isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values),
-            dtype=bool,
-            count=len(values),
-        )
-        if nulls is not None:
-            ok |= nulls
-        if not ok.all():
-            raise _type(feature, values, int(np.flatnonzero(~ok)[0]))
-        values = values.astype(np.float64)
-    elif values.dtype.kind not in "iuf":
-        raise _type(feature, values)
+def _bool(feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None) -> Array:
+    if values.dtype.kind == "b":
+        return values
+    if values.dtype.kind != "O":
+        raise _type(feature, values, 0)
+    ok = _kinds(values, lambda v: isinstance(v, bool | np.bool_))
+    if nulls is not None:
+        ok |= nulls
+    _first_bad(feature, values, ok)
+    if nulls is not None:
+        out = values.astype(object)
+        out[nulls] = None
+        return out
+    return values.astype(bool)
+
+
+def _numeric(feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None) -> Array:
     target = np.dtype(feature.dtype)
-    if target.kind in "iu" and values.dtype.kind == "f":
-        whole = np.isfinite(values) & (values == np.floor(values))
-        if not whole.all():
-            raise _bad(
-                feature,
-                f"expects {feature.dtype}, got {values[~whole][0]!r}",
-                int(np.flatnonzero(~whole)[0]),
-            )
+    if values.dtype.kind == "O":
+        values = _numeric_objects(feature, values, nulls, target)
+    elif values.dtype.kind not in "iuf":
+        raise _type(feature, values, 0)
     if target.kind in "iu":
-        info = np.iinfo(target)
-        outside = (values < info.min) | (values > info.max)
-        if outside.any():
-            raise _bad(
-                feature,
-                f"value {values[outside][0]} does not fit {feature.dtype}",
-                int(np.flatnonzero(outside)[0]),
-            )
-    converted = values.astype(target, copy=False)
+        if nulls is not None:
+            target = np.dtype(np.float64)  # a missing integer travels as NaN
+        else:
+            _check_integers(feature, values, target)
+    elif values.dtype.kind == "f" and target.itemsize < values.dtype.itemsize:
+        limit = float(np.finfo(target).max)
+        over = np.isfinite(values) & (np.abs(values) > limit)
+        if over.any():
+            row = int(np.flatnonzero(over)[0])
+            raise _bad(feature, f"value {values[row]!r} does not fit {feature.dtype}", row)
+    converted = values.astype(target)
     if feature.minimum is not None or feature.maximum is not None:
         lo = -np.inf if feature.minimum is None else feature.minimum
         hi = np.inf if feature.maximum is None else feature.maximum
         outside = (converted < lo) | (converted > hi)
         if outside.any():
             row = int(np.flatnonzero(outside)[0])
-            raise _bad(feature, f"value {converted[row]} is outside [{lo}, {hi}]", row)
+            raise _bad(feature, f"value {_plain(converted[row])} is outside [{lo}, {hi}]", row)
     return converted
+
+
+def _numeric_objects(
+    feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None, target: np.dtype[Any]
+) -> Array:
+    """Object columns come from records with mixed types; Python ints keep full precision."""
+    is_int = _kinds(values, lambda v: isinstance(v, int | np.integer) and not isinstance(v, bool))
+    is_float = _kinds(values, lambda v: isinstance(v, float | np.floating))
+    ok = is_int | is_float if nulls is None else is_int | is_float | nulls
+    _first_bad(feature, values, ok)
+    if is_int.all() and target.kind in "iu":
+        info = np.iinfo(target)
+        outside = _kinds(values, lambda v: not info.min <= int(v) <= info.max)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise _bad(feature, f"value {values[row]} does not fit {feature.dtype}", row)
+        return np.array(values.tolist(), dtype=target)
+    return np.array([np.nan if v is None else v for v in values.tolist()], dtype=np.float64)
+
+
+def _check_integers(feature: Feature, values: Array, target: np.dtype[Any]) -> None:
+    info = np.iinfo(target)
+    if values.dtype.kind == "f":
+        whole = np.isfinite(values) & (values == np.floor(values))
+        if not whole.all():
+            row = int(np.flatnonzero(~whole)[0])
+            raise _bad(feature, f"expects {feature.dtype}, got {_plain(values[row])}", row)
+        # Bounds as exact powers of two: float(int64 max) rounds up to 2**63, which does not fit.
+        outside = (values < float(info.min)) | (values >= float(info.max) + 1.0)
+    else:
+        outside = (values < info.min) | (values > info.max)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise _bad(feature, f"value {_plain(values[row])} does not fit {feature.dtype}", row)
 
 
 def _string(
     feature: Feature,
-    values: npt.NDArray[Any],
+    values: Array,
     nulls: npt.NDArray[np.bool_] | None,
     allow_unknown: bool,
-) -> npt.NDArray[Any]:
+) -> Array:
     if values.dtype.kind == "U":
         values = values.astype(object)
     elif values.dtype.kind != "O":
-        raise _type(feature, values)
-    present = ~nulls if nulls is not None else np.ones(len(values), dtype=bool)
-    is_str = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
-    wrong = present & ~is_str
-    if wrong.any():
-        raise _type(feature, values, int(np.flatnonzero(wrong)[0]))
+        raise _type(feature, values, 0)
+    is_str = _kinds(values, lambda v: isinstance(v, str))
+    _first_bad(feature, values, is_str if nulls is None else is_str | nulls)
     if feature.categories is not None and not allow_unknown:
-        known = np.isin(values, np.asarray(feature.categories, dtype=object)) | ~present
+        known = np.isin(values, np.asarray(feature.categories, dtype=object))
+        if nulls is not None:
+            known |= nulls
         if not known.all():
             row = int(np.flatnonzero(~known)[0])
             allowed = ", ".join(feature.categories[:20])
@@ -130,8 +168,22 @@ def _string(
     return values
 
 
-def _type(feature: Feature, values: npt.NDArray[Any], row: int = 0) -> SchemaError:
-    value = values[row]
+def _kinds(values: Array, test: Any) -> npt.NDArray[np.bool_]:
+    return np.fromiter((test(v) for v in values), dtype=bool, count=len(values))
+
+
+def _first_bad(feature: Feature, values: Array, ok: npt.NDArray[np.bool_]) -> None:
+    if not ok.all():
+        raise _type(feature, values, int(np.flatnonzero(~ok)[0]))
+
+
+def _plain(value: Any) -> Any:
+    """Python scalars in messages: ``1.5``, not ``np.float64(1.5)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _type(feature: Feature, values: Array, row: int) -> SchemaError:
+    value = _plain(values[row])
     kind = "string" if isinstance(value, str) else type(value).__name__
     return _bad(feature, f"expects {feature.dtype}, got {kind} {value!r}", row)
 
