@@ -9,9 +9,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from berth.config import Settings
 from berth.registry.artifacts import ArtifactStore
@@ -19,8 +17,11 @@ from berth.registry.db import Database
 from berth.registry.references import parse_reference
 from berth.registry.service import AuditEvent, ModelSummary, Registry, VersionInfo
 from berth.registry.signature import Signature
-from berth.runtime.loading import LoadedModel, load_version
-from berth.runtime.registration import register_model
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from berth.runtime.loading import LoadedModel
 
 
 class Berth:
@@ -71,6 +72,8 @@ class Berth:
         Raises ``InvalidInputError`` for a bad name, signature, metric or training data and
         ``UntrustedArtifactError`` when the model needs a code-executing format without trust.
         """
+        from berth.runtime.registration import register_model  # imports data libraries
+
         return register_model(
             self.registry,
             model,
@@ -91,6 +94,8 @@ class Berth:
 
     def load(self, ref: str) -> LoadedModel:
         """Load ``name``, ``name/3`` or ``name@alias``, verifying the artifact's SHA-256."""
+        from berth.runtime.loading import load_version
+
         return load_version(self.registry, ref)
 
     def get_version(self, ref: str) -> VersionInfo:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
-import numpy.typing as npt
-import pandas as pd
+if TYPE_CHECKING:  # numpy and pandas stay unimported until data flows
+    import numpy.typing as npt
+    import pandas as pd
 
 JSON = dict[str, Any]
 """A JSON object as stored in metadata columns."""
 
-Outputs = dict[str, npt.NDArray[Any]]
+Outputs: TypeAlias = "dict[str, npt.NDArray[Any]]"
 """Named output arrays of one batch, aligned with its rows (``label``, ``probabilities``...)."""
 
 

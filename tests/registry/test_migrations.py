@@ -34,3 +34,12 @@ def test_migrating_twice_is_a_no_op(home: Path) -> None:
         "alembic_version",
     }
     db.dispose()
+
+
+def test_the_code_knows_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    import berth.registry.db as db
+
+    folder = Path(db.__file__).parent / "migrations"
+    assert ScriptDirectory(str(folder)).get_current_head() == db.SCHEMA_HEAD

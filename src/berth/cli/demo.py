@@ -5,8 +5,6 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from berth.demo.run import run_demo
-
 from .context import client
 from .output import console
 
@@ -18,6 +16,8 @@ def demo(ctx: typer.Context) -> None:
 
     Example: berth demo
     """
+    from berth.demo.run import run_demo  # trains models: heavy imports, only for this command
+
     c = client(ctx)
     with console.status("working…") as status:
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from berth.errors import InvalidInputError
-from berth.flavors.base import Flavor
+
+if TYPE_CHECKING:
+    from berth.flavors.base import Flavor
 
 # name -> module holding a ``FLAVOR`` instance; modules import their framework lazily.
 _MODULES = {
@@ -69,4 +72,4 @@ def flavor_for_path(path: Path) -> str:
     )
 
 
-__all__ = ["FLAVOR_NAMES", "Flavor", "detect_flavor", "flavor_for_path", "get_flavor"]
+__all__ = ["FLAVOR_NAMES", "detect_flavor", "flavor_for_path", "get_flavor"]

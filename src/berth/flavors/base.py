@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -20,6 +21,10 @@ from berth.errors import InvalidInputError, MissingExtraError
 from berth.registry.profile import Embedder
 from berth.registry.signature import Dtype, Output, Signature
 from berth.types import Predictor
+
+IMPORT_LOCK = threading.RLock()
+"""Held while a flavor imports its framework, so that imports from loader threads never interleave
+with one that temporarily hides a module (see ``sklearn.import_skops``)."""
 
 
 class Flavor(abc.ABC):
@@ -71,7 +76,8 @@ class Flavor(abc.ABC):
 
     def import_module(self, module: str) -> ModuleType:
         try:
-            return importlib.import_module(module)
+            with IMPORT_LOCK:
+                return importlib.import_module(module)
         except ImportError as exc:
             raise MissingExtraError(module, self.extra, f"the {self.name} flavor") from exc
 

@@ -14,6 +14,7 @@ import pandas as pd
 from berth.errors import InvalidInputError, UntrustedArtifactError
 from berth.flavors import text_encoder
 from berth.flavors.base import Flavor, classifier_outputs
+from berth.flavors.sklearn import import_skops
 from berth.registry.profile import Embedder
 from berth.registry.signature import TEXT_INPUT, Output, Signature
 from berth.types import Outputs, Predictor
@@ -83,7 +84,7 @@ class SentenceTransformersFlavor(Flavor):
         # The encoder's own Normalize module already makes unit vectors.
         options["normalize"] = options["normalize"] and not (config and config.normalize)
         if head is not None:
-            sio = self.import_module("skops.io")
+            sio = import_skops(self)
             data = sio.dumps(head)
             untrusted = sio.get_untrusted_types(data=data)
             if untrusted and not trusted:
@@ -103,7 +104,7 @@ class SentenceTransformersFlavor(Flavor):
         encoder_dir = source / _ENCODER if (source / _ENCODER).is_dir() else source
         encoder = _load_encoder(self, encoder_dir)
         if (source / _HEAD).exists():
-            sio = self.import_module("skops.io")
+            sio = import_skops(self)
             untrusted = sio.get_untrusted_types(file=source / _HEAD)
             if untrusted and not trusted:
                 raise UntrustedArtifactError(
@@ -120,7 +121,7 @@ class SentenceTransformersFlavor(Flavor):
             encoder = _load_encoder(self, path / _ENCODER)
         head = None
         if (path / _HEAD).exists():
-            sio = self.import_module("skops.io")
+            sio = import_skops(self)
             head = sio.load(path / _HEAD, trusted=options.get("head_trusted_types", []))
         return SentenceTransformerPredictor(
             encoder,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from berth.errors import InvalidInputError, UntrustedArtifactError
-from berth.flavors.base import Flavor, classifier_outputs, dtype_name
+from berth.flavors.base import IMPORT_LOCK, Flavor, classifier_outputs, dtype_name
 from berth.registry.signature import Output, Signature
 from berth.types import Outputs, Predictor
 
@@ -23,6 +25,35 @@ VETTED_TYPES = (
 )
 SERIALIZERS = ("skops", "pickle", "joblib")
 _FILES = {"skops": "model.skops", "pickle": "model.pkl", "joblib": "model.joblib"}
+
+
+def import_skops(flavor: Flavor) -> Any:
+    """Import skops.io without dragging torch in.
+
+    skops lists scikit-learn's estimators with ``all_estimators()``, whose package walk imports
+    ``sklearn.externals.array_api_compat.torch`` and so torch (over 2 s here) when torch is
+    installed, though no estimator needs it. While torch is not loaded yet, a finder hides it for
+    the length of the import (the walk skips packages that fail to import), then goes. The import
+    lock keeps another thread's real ``import torch`` from meeting the finder.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    with IMPORT_LOCK:
+        hide = _HideTorch() if "torch" not in sys.modules else None
+        if hide is not None:
+            sys.meta_path.insert(0, hide)
+        try:
+            return flavor.import_module("skops.io")
+        finally:
+            if hide is not None:
+                sys.meta_path.remove(hide)
+
+
+class _HideTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"{name} is hidden while skops starts", name=name)
+        return None
 
 
 class SklearnFlavor(Flavor):
@@ -43,7 +74,7 @@ class SklearnFlavor(Flavor):
             "input": "frame" if hasattr(model, "feature_names_in_") else "array",
         }
         if serializer == "skops":
-            sio = self.import_module("skops.io")
+            sio = import_skops(self)
             data = sio.dumps(model)
             extra = sorted(set(sio.get_untrusted_types(data=data)) - set(VETTED_TYPES))
             if extra and not trusted:
@@ -72,7 +103,7 @@ class SklearnFlavor(Flavor):
     def read(self, source: Path, *, trusted: bool) -> object:
         suffix = source.suffix.lower()
         if suffix == ".skops":
-            sio = self.import_module("skops.io")
+            sio = import_skops(self)
             found = set(sio.get_untrusted_types(file=source)) - set(VETTED_TYPES)
             if found and not trusted:
                 raise UntrustedArtifactError(
@@ -95,7 +126,7 @@ class SklearnFlavor(Flavor):
         serializer = options.get("serializer", "skops")
         file = path / _FILES[serializer]
         if serializer == "skops":
-            model = self.import_module("skops.io").load(file, trusted=options["trusted_types"])
+            model = import_skops(self).load(file, trusted=options["trusted_types"])
         elif serializer == "joblib":
             model = self.import_module("joblib").load(file)
         else:

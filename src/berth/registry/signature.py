@@ -9,13 +9,14 @@ Validation against a signature lives in ``berth.runtime.validation``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from berth.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Dtype = Literal[
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -124,6 +125,8 @@ def infer_signature(
     minimum and maximum into an enforced range, which is rarely what production wants. A sequence
     of strings gives a text signature.
     """
+    import pandas as pd
+
     if not isinstance(data, pd.DataFrame):
         if isinstance(data, pd.Series):
             data = data.tolist()
@@ -137,6 +140,9 @@ def infer_signature(
 
 
 def _infer_feature(name: str, column: pd.Series, ranges: bool) -> Feature:
+    import numpy as np
+    import pandas as pd
+
     nullable = bool(column.isna().any())
     dtype = column.dtype
     if pd.api.types.is_bool_dtype(dtype):

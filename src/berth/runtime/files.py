@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pandas as pd
 
 from berth.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("csv", "json", "jsonl", "parquet")
 
@@ -29,6 +31,8 @@ def read_input(source: str, fmt: str | None = None) -> Any:
         raise InvalidInputError(f"input file {source!r} does not exist")
     fmt = fmt or _format_of(path)
     if fmt == "parquet":
+        import pandas as pd
+
         try:
             return pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
@@ -62,6 +66,8 @@ def _sniff(raw: bytes) -> str:
 
 
 def _jsonl(raw: bytes, where: str) -> pd.DataFrame:
+    import pandas as pd
+
     records = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -80,6 +86,8 @@ def _jsonl(raw: bytes, where: str) -> pd.DataFrame:
 
 
 def _decode(raw: bytes, fmt: str, where: str) -> Any:
+    import pandas as pd
+
     if not raw.strip():
         raise InvalidInputError(f"{where} is empty")
     try:

@@ -17,7 +17,8 @@ import orjson
 import pandas as pd
 
 from berth.errors import InvalidInputError
-from berth.flavors import Flavor, detect_flavor, get_flavor
+from berth.flavors import detect_flavor, get_flavor
+from berth.flavors.base import Flavor
 from berth.registry import lineage as lineage_mod
 from berth.registry.profile import fingerprint, profile
 from berth.registry.references import check_model_name
