@@ -8,7 +8,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from berth.app import Berth
-from berth.errors import SchemaError
+from berth.errors import SchemaError, UntrustedArtifactError
 from berth.flavors.sentence_transformers import SentenceClassifier
 
 pytestmark = pytest.mark.text
@@ -61,3 +61,32 @@ def test_text_model_rejects_non_text(client: Berth, minilm) -> None:
     v = client.register(minilm, "encoder", training_data=TEXTS)
     with pytest.raises(SchemaError, match="feature 'text' expects string"):
         client.load(v.ref).predict({"text": ["fine", 3]})
+
+
+def test_a_logistic_head_is_stored_as_arrays_and_matches(client: Berth, minilm) -> None:
+    model = SentenceClassifier(minilm, head=None, normalize=True)
+    model.head = LogisticRegression().fit(model.embed(TEXTS), LABELS)
+    v = client.register(model, "sentiment", training_data=TEXTS)
+    assert v.flavor_options["head_format"] == "linear"
+    folder = client.store.path(v.digest)
+    assert (folder / "head.npz").exists()
+    assert not (folder / "head.skops").exists()
+    out = client.load(v.ref).predict(TEXTS)
+    assert out["label"].tolist() == model.predict(TEXTS).tolist()
+    assert all(type(label) is str for label in out["label"])
+
+
+def test_other_heads_stay_skops(client: Berth, minilm) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    model = SentenceClassifier(minilm, head=None, normalize=True)
+    model.head = RandomForestClassifier(n_estimators=5, random_state=0).fit(
+        model.embed(TEXTS), LABELS
+    )
+    with pytest.raises(UntrustedArtifactError, match=r"sklearn\.tree\._tree\.Tree"):
+        client.register(model, "forest", training_data=TEXTS)
+    v = client.register(model, "forest", training_data=TEXTS, trusted=True)
+    assert v.flavor_options["head_format"] == "skops"
+    np.testing.assert_allclose(
+        client.load(v.ref).predict(TEXTS)["probabilities"], model.predict_proba(TEXTS)
+    )

@@ -14,6 +14,7 @@ import pandas as pd
 from berth.errors import InvalidInputError, UntrustedArtifactError
 from berth.flavors import text_encoder
 from berth.flavors.base import Flavor, classifier_outputs
+from berth.flavors.linear_head import LinearHead
 from berth.flavors.sklearn import import_skops
 from berth.registry.profile import Embedder
 from berth.registry.signature import TEXT_INPUT, Output, Signature
@@ -83,7 +84,11 @@ class SentenceTransformersFlavor(Flavor):
             options["format"] = "sentence-transformers"
         # The encoder's own Normalize module already makes unit vectors.
         options["normalize"] = options["normalize"] and not (config and config.normalize)
-        if head is not None:
+        linear = LinearHead.from_estimator(head) if head is not None else None
+        if linear is not None:
+            linear.save(path)
+            options["head_format"] = "linear"
+        elif head is not None:
             sio = import_skops(self)
             data = sio.dumps(head)
             untrusted = sio.get_untrusted_types(data=data)
@@ -94,6 +99,7 @@ class SentenceTransformersFlavor(Flavor):
                 )
             (path / _HEAD).write_bytes(data)
             options["head_trusted_types"] = sorted(untrusted)
+            options["head_format"] = "skops"
         return options
 
     def read(self, source: Path, *, trusted: bool) -> object:
@@ -119,8 +125,10 @@ class SentenceTransformersFlavor(Flavor):
             encoder: Any = _FastEncoder(text_encoder.TransformerEncoder(path / _ENCODER))
         else:
             encoder = _load_encoder(self, path / _ENCODER)
-        head = None
-        if (path / _HEAD).exists():
+        head: Any = None
+        if options.get("head_format") == "linear":
+            head = LinearHead.load(path)
+        elif (path / _HEAD).exists():
             sio = import_skops(self)
             head = sio.load(path / _HEAD, trusted=options.get("head_trusted_types", []))
         return SentenceTransformerPredictor(
