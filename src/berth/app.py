@@ -118,6 +118,9 @@ class Berth:
     def delete_version(self, name: str, version: int) -> VersionInfo:
         return self.registry.delete_version(name, version, actor=self.actor)
 
+    def collect_garbage(self, older_than_s: float = 3600.0) -> dict[str, int]:
+        return self.registry.collect_garbage(older_than_s=older_than_s, actor=self.actor)
+
     def get_profile(self, ref: str) -> dict[str, Any] | None:
         info = self.get_version(ref)
         return self.registry.get_profile(info.model, info.version)

@@ -165,3 +165,33 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(
     assert sorted(got) == list(range(1, writers * each + 1))
     with Berth(Settings(home=home, database_url=backend)) as client:
         assert [v.version for v in client.list_versions("race")] == list(range(1, 21))
+
+
+def test_gc_removes_what_a_killed_registration_left(client: Berth, home: Path) -> None:
+    lock = _hold_write_lock(client, None)
+    try:
+        proc = _spawn(
+            """
+            import berth
+            from tests.models import SumModel, numbers
+            berth.connect().register(SumModel(), "crashy", training_data=numbers(), trusted=True)
+            """,
+            home,
+            None,
+        )
+        _wait_for(lambda: client.store.digests(), what="the artifact to be sealed")
+        _kill(proc)
+    finally:
+        lock.close()
+    orphan = next(iter(client.store.digests()))
+    class Other(SumModel):  # different bytes, so a different artifact
+        pass
+
+    kept = client.register(Other(), "kept", training_data=numbers(), trusted=True)
+    assert client.collect_garbage(older_than_s=3600)["orphans_removed"] == 0  # too young
+    assert client.collect_garbage(older_than_s=0) == {"staging_removed": 0, "orphans_removed": 1}
+    assert client.store.digests() == {kept.digest}
+    assert orphan != kept.digest
+    assert client.registry.audit_log(action="artifacts.collect")[0].details["orphans_removed"] == [
+        orphan
+    ]

@@ -22,6 +22,27 @@ app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 
 
+@app.command("gc")
+def gc(
+    ctx: typer.Context,
+    older_than: Annotated[
+        float, typer.Option(help="Only remove leftovers older than this many seconds.")
+    ] = 3600.0,
+) -> None:
+    """Remove what interrupted registrations left behind (never a registered version).
+
+    Example: berth gc --older-than 600
+    """
+    from .context import client
+    from .output import console
+
+    done = client(ctx).collect_garbage(older_than)
+    console.print(
+        f"removed {done['staging_removed']} staging folder(s) and "
+        f"{done['orphans_removed']} unreferenced artifact(s)"
+    )
+
+
 @app.callback()
 def root(
     ctx: typer.Context,

@@ -111,6 +111,9 @@ class ArtifactStore:
                 )
         return folder
 
+    def age_seconds(self, digest: str) -> float:
+        return time.time() - (self.path(digest) / MANIFEST).stat().st_mtime
+
     def delete(self, digest: str) -> None:
         folder = self.path(digest)
         if not folder.is_dir():

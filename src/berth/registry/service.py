@@ -217,6 +217,28 @@ class Registry:
             self.store.delete(info.digest)
         return info
 
+    def collect_garbage(self, *, older_than_s: float = 3600.0, actor: str) -> dict[str, int]:
+        """Remove what crashed registrations left: staging folders, and sealed artifacts that no
+        version references. Only entries older than ``older_than_s`` go, so a registration still
+        between sealing its artifact and committing its row is never robbed."""
+        staged = self.store.sweep_tmp(older_than_s)
+        referenced = self.referenced_digests()
+        orphans = [
+            d for d in self.store.digests() - referenced if self.store.age_seconds(d) > older_than_s
+        ]
+        for digest in orphans:
+            self.store.delete(digest)
+        if staged or orphans:
+            with self.db.write() as s:
+                _audit(
+                    s,
+                    actor,
+                    "artifacts.collect",
+                    "artifacts",
+                    {"staging_removed": staged, "orphans_removed": sorted(orphans)},
+                )
+        return {"staging_removed": staged, "orphans_removed": len(orphans)}
+
     # -- reads -------------------------------------------------------------------------------
 
     def resolve(self, ref: str | Reference) -> VersionInfo:
