@@ -7,7 +7,10 @@ Only entry points (the Python API in ``berth/__init__.py``, the CLI, the server)
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +23,10 @@ from berth.registry.signature import Signature
 
 if TYPE_CHECKING:
     import pandas as pd
+    from fastapi import FastAPI
 
     from berth.runtime.loading import LoadedModel
+    from berth.runtime.path import InferencePath, ServingConfig
 
 
 class Berth:
@@ -134,3 +139,113 @@ def _os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+# -- serving -----------------------------------------------------------------------------------
+
+SERVE_OPTIONS_ENV = "BERTH_SERVE_OPTIONS"
+"""JSON of :class:`ServeOptions`, handed to worker processes that uvicorn starts."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_file: str | None = None
+    record: bool = True
+    poll_interval_s: float = 2.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    threads: int = 1
+    """OpenMP/BLAS threads per worker for tabular models: one request's predict_proba is fastest
+    on one thread, and workers already use the cores."""
+    torch_threads: int | None = None
+    """Threads for text models; default the cores divided by the workers."""
+    access_log: bool = True
+    workers: int = 1
+
+
+def build_path(client: Berth, options: ServeOptions) -> InferencePath:
+    from berth.runtime.metrics import Metrics
+    from berth.runtime.path import InferencePath, ModelPool
+    from berth.runtime.records import RecordWriter
+
+    metrics = Metrics()
+    pool = ModelPool(
+        client.registry,
+        configs=load_serving_configs(options.config_file),
+        metrics=metrics,
+        poll_interval_s=options.poll_interval_s,
+        after_load=thread_tuner(options),
+    )
+    recorder = None
+    if options.record:
+        recorder = RecordWriter(
+            client.settings.resolved_records_root(), on_drop=metrics.records_dropped.inc
+        )
+    return InferencePath(pool, recorder, metrics)
+
+
+def build_server(settings: Settings, options: ServeOptions) -> FastAPI:
+    from berth.server.app import ServerLimits, create_app
+
+    client = Berth(settings)
+    return create_app(
+        build_path(client, options),
+        ServerLimits(max_body_bytes=options.max_body_bytes, access_log=options.access_log),
+        on_shutdown=client.close,
+    )
+
+
+def server_factory() -> FastAPI:
+    """For ``uvicorn --factory`` in each worker process: settings and options from the env."""
+    import json
+
+    raw = os.environ.get(SERVE_OPTIONS_ENV)
+    options = ServeOptions(**json.loads(raw)) if raw else ServeOptions()
+    return build_server(Settings(), options)
+
+
+def load_serving_configs(file: str | None) -> dict[str, ServingConfig]:
+    """``{"models": {"sentiment": {"max_batch_size": 32, "target_p99_ms": 80}}}`` in JSON or
+    TOML; unlisted models take their flavor's defaults."""
+    from berth.errors import InvalidInputError
+    from berth.runtime.path import ServingConfig
+
+    if file is None:
+        return {}
+    path = Path(file)
+    if not path.is_file():
+        raise InvalidInputError(f"serving config {file!r} does not exist")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            doc = tomllib.loads(path.read_text())
+        else:
+            import json
+
+            doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InvalidInputError(f"serving config {file!r} is not valid: {exc}") from exc
+    models = doc.get("models", {}) if isinstance(doc, dict) else None
+    if not isinstance(models, dict):
+        raise InvalidInputError(f"serving config {file!r}: 'models' must map names to settings")
+    return {
+        name: ServingConfig.from_dict(values, f"{file}: models.{name}")
+        for name, values in models.items()
+    }
+
+
+def thread_tuner(options: ServeOptions) -> Callable[[LoadedModel], None]:
+    """Runs after each model load, once its libraries are in the process (threadpoolctl only
+    reaches libraries already loaded): tabular thread pools to ``threads``, torch to its share."""
+    torch_threads = options.torch_threads or max(1, (os.cpu_count() or 1) // options.workers)
+
+    def tune(_loaded: LoadedModel) -> None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=options.threads, user_api="openmp")
+        threadpool_limits(limits=options.threads, user_api="blas")
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+
+    return tune

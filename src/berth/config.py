@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         default=None,
         description="Content-addressed artifact store; default $BERTH_HOME/artifacts.",
     )
+    records_root: Path | None = Field(
+        default=None,
+        description="Folder of the prediction records (Parquet); default $BERTH_HOME/records.",
+    )
     user: str | None = Field(
         default=None,
         description="Actor recorded in the audit log; default the operating-system user.",
@@ -44,3 +48,6 @@ class Settings(BaseSettings):
 
     def resolved_artifact_root(self) -> Path:
         return (self.artifact_root or self.home / "artifacts").resolve()
+
+    def resolved_records_root(self) -> Path:
+        return (self.records_root or self.home / "records").resolve()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import demo, models, predict
+from . import demo, logs, models, predict, serve
 from .context import configure
 from .errors import BerthGroup
 
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
+app.command("logs")(logs.logs)
 
 
 @app.command("gc")

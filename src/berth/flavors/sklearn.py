@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +32,25 @@ def import_skops(flavor: Flavor) -> Any:
 
     skops lists scikit-learn's estimators with ``all_estimators()``, whose package walk imports
     ``sklearn.externals.array_api_compat.torch`` and so torch (over 2 s here) when torch is
-    installed, though no estimator needs it. While torch is not loaded yet, a finder hides it for
-    the length of the import (the walk skips packages that fail to import), then goes. The import
-    lock keeps another thread's real ``import torch`` from meeting the finder.
+    installed, though no estimator lives there. While torch is not loaded, a placeholder module
+    stands in for that one package during the import (the walk does not descend into it), and is
+    removed afterwards so that a later real import of it works.
     """
-    if "skops.io" in sys.modules:
-        return sys.modules["skops.io"]
-    with IMPORT_LOCK:
-        hide = _HideTorch() if "torch" not in sys.modules else None
-        if hide is not None:
-            sys.meta_path.insert(0, hide)
+    with IMPORT_LOCK:  # also keeps others from seeing a half-imported skops.io
+        if "skops.io" in sys.modules:
+            return sys.modules["skops.io"]
+        placeholder = None
+        if "torch" not in sys.modules and _TORCH_SHIM not in sys.modules:
+            placeholder = types.ModuleType(_TORCH_SHIM, "stands in while skops starts")
+            sys.modules[_TORCH_SHIM] = placeholder
         try:
             return flavor.import_module("skops.io")
         finally:
-            if hide is not None:
-                sys.meta_path.remove(hide)
+            if placeholder is not None and sys.modules.get(_TORCH_SHIM) is placeholder:
+                del sys.modules[_TORCH_SHIM]
 
 
-class _HideTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"{name} is hidden while skops starts", name=name)
-        return None
+_TORCH_SHIM = "sklearn.externals.array_api_compat.torch"
 
 
 class SklearnFlavor(Flavor):

@@ -18,6 +18,7 @@ import numpy.typing as npt
 import orjson
 
 from berth.errors import MissingExtraError
+from berth.flavors.base import IMPORT_LOCK
 
 CONFIG = "encoder.json"
 Pooling = Literal["mean", "cls", "max"]
@@ -53,7 +54,7 @@ def save(model: Any, config: EncoderConfig, folder: Path) -> None:
 
 
 class TransformerEncoder:
-    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         self.torch = _import("torch")
         transformers = _import("transformers")
         transformers.utils.logging.disable_progress_bar()
@@ -63,8 +64,6 @@ class TransformerEncoder:
         )
         self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
         self.model.eval()
-        if threads:
-            self.torch.set_num_threads(threads)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> npt.NDArray[np.float32]:
         if not texts:
@@ -101,6 +100,7 @@ class TransformerEncoder:
 
 def _import(module: str) -> Any:
     try:
-        return importlib.import_module(module)
+        with IMPORT_LOCK:
+            return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, "text", "loading a text encoder") from exc

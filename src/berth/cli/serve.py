@@ -1,0 +1,92 @@
+"""``berth serve``: the realtime server."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+from .context import client
+from .output import console
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    config: Annotated[
+        str | None,
+        typer.Option(help="JSON or TOML with per-model batching and recording settings."),
+    ] = None,
+    records: Annotated[
+        bool, typer.Option("--records/--no-records", help="Write prediction records.")
+    ] = True,
+    poll_interval: Annotated[
+        float, typer.Option(help="Seconds between checks for alias moves (0: never).")
+    ] = 2.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 10.0,
+    threads: Annotated[
+        int, typer.Option(help="OpenMP/BLAS threads per worker for tabular models.", min=1)
+    ] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request.")
+    ] = True,
+) -> None:
+    """Serve every model of the registry over the Open Inference Protocol v2 and /v1 JSON.
+
+    Aliased versions load at start; other versions on first request. Alias moves take effect
+    without a restart.
+
+    Example: berth serve --port 8000 --workers 2
+    """
+    import uvicorn
+
+    from berth.app import SERVE_OPTIONS_ENV, ServeOptions, build_server, load_serving_configs
+
+    load_serving_configs(config)  # a bad file fails here, in one line, not in every worker
+    options = ServeOptions(
+        config_file=os.path.abspath(config) if config else None,
+        record=records,
+        poll_interval_s=poll_interval,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        threads=threads,
+        access_log=access_log,
+        workers=workers,
+    )
+    c = client(ctx)
+    settings = c.settings
+    _configure_logging()
+    console.print(
+        f"serving {settings.home.resolve()} on http://{host}:{port} "
+        f"(docs: http://{host}:{port}/docs)"
+    )
+    common = {
+        "host": host,
+        "port": port,
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": 30,
+    }
+    if workers == 1:
+        uvicorn.run(build_server(settings, options), **common)  # type: ignore[arg-type]
+        return
+    os.environ[SERVE_OPTIONS_ENV] = json.dumps(dataclasses.asdict(options))
+    os.environ["BERTH_HOME"] = str(settings.home.resolve())
+    if settings.database_url:
+        os.environ["BERTH_DATABASE_URL"] = settings.database_url
+    uvicorn.run("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("berth", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

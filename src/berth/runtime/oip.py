@@ -1,0 +1,300 @@
+"""Open Inference Protocol v2 (KServe v2) tensors <-> the inference path's frames and outputs.
+
+Supports the JSON encoding and the binary tensor data extension (``binary_data_size`` and the
+``Inference-Header-Content-Length`` header), which tritonclient uses by default.
+
+How a request maps onto a signature: a tabular model takes one tensor per feature, named like the
+feature, of shape ``[n]`` or ``[n, 1]``; or a single 2-D tensor ``[n, features]`` in signature
+order. A text model takes one BYTES tensor of shape ``[n]`` or ``[n, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from berth.errors import InvalidInputError, SchemaError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import pandas as pd
+
+    from berth.registry.signature import Signature
+    from berth.types import Outputs
+
+TO_OIP = {
+    "bool": "BOOL", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "float32": "FP32", "float64": "FP64", "string": "BYTES",
+}  # fmt: skip
+FROM_OIP = {v: k for k, v in TO_OIP.items()} | {"FP16": "float16"}
+HEADER_LENGTH = "inference-header-content-length"
+
+
+@dataclass
+class OipRequest:
+    frame: pd.DataFrame
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[tuple[str, bool]] | None = None
+    """Requested outputs with whether each wants binary data; None means all, as JSON."""
+
+
+def decode(body: bytes, header_length: int | None, signature: Signature) -> OipRequest:
+    head = body if header_length is None else body[:header_length]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInputError("request body must be a JSON object with 'inputs'")
+    tensors = doc.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise InvalidInputError("'inputs' must be a non-empty list of tensors")
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    offset = 0
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, dict):
+            raise InvalidInputError(f"input {i} must be an object")
+        name, array, used = _tensor(tensor, i, binary[offset:])
+        offset += used
+        if name in arrays:
+            raise InvalidInputError(f"input {name!r} is given twice")
+        arrays[name] = array
+    if offset != len(binary):
+        raise InvalidInputError(
+            f"binary data is {len(binary)} bytes but the inputs declare {offset}"
+        )
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError("'parameters' must be an object")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInputError("'id' must be a string")
+    return OipRequest(
+        frame=_frame(arrays, signature),
+        id=request_id,
+        parameters=parameters,
+        outputs=_requested(doc.get("outputs"), parameters),
+    )
+
+
+def _tensor(
+    tensor: dict[str, Any], i: int, binary: memoryview
+) -> tuple[str, npt.NDArray[Any], int]:
+    import numpy as np
+
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"input {i} needs a 'name'")
+    datatype = tensor.get("datatype")
+    if datatype not in FROM_OIP:
+        raise InvalidInputError(
+            f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(FROM_OIP)}"
+        )
+    shape = tensor.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    count = math.prod(shape)
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(binary):
+            raise InvalidInputError(f"input {name!r}: binary_data_size {size!r} is out of range")
+        array = _from_binary(name, datatype, bytes(binary[:size]), count)
+        return name, array.reshape(shape), size
+    if "data" not in tensor:
+        raise InvalidInputError(f"input {name!r} has no 'data'")
+    data = tensor["data"]
+    flat = _flatten(data) if isinstance(data, list) else [data]
+    if len(flat) != count:
+        raise InvalidInputError(
+            f"input {name!r}: shape {shape} holds {count} values but 'data' has {len(flat)}"
+        )
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidInputError(f"input {name!r}: BYTES data must be strings")
+        array = np.array(flat, dtype=object)
+    else:
+        array = _typed(name, datatype, flat)
+    return name, array.reshape(shape), 0
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list[Any] = []
+    for v in data:
+        out.extend(_flatten(v) if isinstance(v, list) else [v])
+    return out
+
+
+def _typed(name: str, datatype: str, flat: list[Any]) -> npt.NDArray[Any]:
+    import numpy as np
+
+    dtype = np.dtype(FROM_OIP[datatype])
+    if dtype.kind == "b":
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidInputError(f"input {name!r}: BOOL data must be true or false")
+    elif not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        raise InvalidInputError(f"input {name!r}: {datatype} data must be numbers")
+    elif dtype.kind in "iu" and not all(isinstance(v, int) for v in flat):
+        raise InvalidInputError(f"input {name!r}: {datatype} data must be integers")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.array(flat, dtype=dtype)
+    except (OverflowError, FloatingPointError, ValueError) as exc:
+        raise InvalidInputError(f"input {name!r}: a value does not fit {datatype}") from exc
+    return array
+
+
+def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> npt.NDArray[Any]:
+    import numpy as np
+
+    if datatype == "BYTES":
+        items, pos = [], 0
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise InvalidInputError(f"input {name!r}: truncated BYTES element")
+            (length,) = struct.unpack_from("<I", raw, pos)
+            pos += 4
+            if pos + length > len(raw):
+                raise InvalidInputError(f"input {name!r}: truncated BYTES element")
+            try:
+                items.append(raw[pos : pos + length].decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"input {name!r}: BYTES element is not UTF-8") from exc
+            pos += length
+        if len(items) != count:
+            raise InvalidInputError(f"input {name!r}: shape holds {count} values, got {len(items)}")
+        return np.array(items, dtype=object)
+    dtype = np.dtype(FROM_OIP[datatype]).newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidInputError(
+            f"input {name!r}: binary data is {len(raw)} bytes, shape needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
+
+
+def _frame(arrays: dict[str, npt.NDArray[Any]], signature: Signature) -> pd.DataFrame:
+    import pandas as pd
+
+    if len(arrays) == 1:
+        ((name, array),) = arrays.items()
+        if signature.kind == "text" or name not in signature.names:
+            width = array.shape[1] if array.ndim == 2 else 1
+            if array.ndim == 2 and width == len(signature.inputs) and width > 1:
+                return pd.DataFrame({f: array[:, j] for j, f in enumerate(signature.names)})
+            if signature.kind == "text" or len(signature.inputs) == 1:
+                return pd.DataFrame({signature.names[0]: _column(name, array)})
+    columns = {name: _column(name, array) for name, array in arrays.items()}
+    lengths = {len(c) for c in columns.values()}
+    if len(lengths) > 1:
+        raise InvalidInputError(f"inputs have different batch sizes: {sorted(lengths)}")
+    return pd.DataFrame(columns)
+
+
+def _column(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    if array.ndim == 1:
+        return array
+    if array.ndim == 2 and array.shape[1] == 1:
+        return array[:, 0]
+    raise SchemaError(
+        f"input {name!r} has shape {list(array.shape)}; a feature takes [n] or [n, 1]",
+        feature=name,
+    )
+
+
+def _requested(value: Any, parameters: dict[str, Any]) -> list[tuple[str, bool]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in value
+    ):
+        raise InvalidInputError("'outputs' must be a list of objects with a 'name'")
+    every = bool(parameters.get("binary_data_output", False))
+    return [(o["name"], bool((o.get("parameters") or {}).get("binary_data", every))) for o in value]
+
+
+def encode(
+    *,
+    model: str,
+    version: int,
+    request_id: str,
+    outputs: Outputs,
+    signature: Signature,
+    requested: list[tuple[str, bool]] | None,
+    prediction_ids: list[str],
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensors follow it."""
+    wanted = requested or [(name, False) for name in outputs]
+    declared = {o.name for o in signature.outputs} | set(outputs)
+    tensors, blobs = [], []
+    for name, binary in wanted:
+        if name not in outputs:
+            raise InvalidInputError(
+                f"unknown output {name!r}; outputs: {', '.join(sorted(declared))}"
+            )
+        tensor, blob = _out_tensor(name, outputs[name], binary)
+        tensors.append(tensor)
+        if blob is not None:
+            blobs.append(blob)
+    doc = {
+        "model_name": model,
+        "model_version": str(version),
+        "id": request_id,
+        "parameters": {"prediction_ids": prediction_ids},
+        "outputs": tensors,
+    }
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
+
+
+def _out_tensor(
+    name: str, values: npt.NDArray[Any], binary: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    import numpy as np
+
+    if values.dtype.kind in "OUS":
+        datatype = "BYTES"
+        flat = [str(v) for v in values.reshape(-1).tolist()]
+    else:
+        datatype = TO_OIP.get(values.dtype.name, "FP64")
+        flat = None
+    tensor: dict[str, Any] = {"name": name, "shape": list(values.shape), "datatype": datatype}
+    if not binary:
+        tensor["data"] = flat if flat is not None else values.reshape(-1)
+        return tensor, None
+    if flat is not None:
+        blob = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in flat))
+    else:
+        dtype = np.dtype(FROM_OIP[datatype]).newbyteorder("<")
+        blob = np.ascontiguousarray(values, dtype=dtype).tobytes()
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    return tensor, blob
+
+
+def metadata(name: str, versions: list[str], signature: Signature, platform: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": versions,
+        "platform": platform,
+        "inputs": [
+            {"name": f.name, "datatype": TO_OIP[f.dtype], "shape": [-1]} for f in signature.inputs
+        ],
+        "outputs": [
+            {"name": o.name, "datatype": TO_OIP[o.dtype], "shape": list(o.shape)}
+            for o in signature.outputs
+        ],
+    }

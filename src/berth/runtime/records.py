@@ -1,0 +1,264 @@
+"""Prediction records: every prediction, from every mode, written off the request path.
+
+Storage is Parquet partitioned by model and day (``records/model=NAME/date=YYYY-MM-DD/*.parquet``),
+with the validated inputs and the outputs as typed columns (``in.age``, ``out.label``...). Why
+Parquet and not the metadata database: monitoring and A/B analysis read a few columns over millions
+of rows within a time window, which columnar files with partition pruning do in milliseconds,
+while every worker of every mode appends without contending for a database lock.
+
+The writer never blocks a prediction: ``record`` puts a batch on a bounded queue and counts it as
+dropped when the queue is full. A thread drains the queue, groups batches per model version and
+writes one file per group every ``flush_interval_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from berth.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from berth.types import Outputs
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class RecorderLimits:
+    """Tuning of the record writer."""
+
+    max_queue: int = 10_000
+    """Batches waiting to be written; beyond this they are dropped (and counted)."""
+    flush_interval_s: float = 2.0
+    """How often queued records are written out."""
+
+
+@dataclass
+class RecordBatch:
+    """The rows of one request (or one chunk of a batch job) as the inference path saw them."""
+
+    model: str
+    version: int
+    mode: str
+    prediction_ids: list[str]
+    inputs: pd.DataFrame
+    outputs: Outputs
+    latency_ms: float
+    unit_id: str | None = None
+    at: float = field(default_factory=time.time)
+
+
+class RecordWriter:
+    def __init__(
+        self,
+        root: Path,
+        limits: RecorderLimits | None = None,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.limits = limits or RecorderLimits()
+        self._queue: queue.Queue[Any] = queue.Queue(self.limits.max_queue)
+        self._on_drop = on_drop
+        self.dropped = 0
+        self.written = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="berth-records", daemon=True)
+            self._thread.start()
+
+    def record(self, batch: RecordBatch) -> bool:
+        """Queue a batch; False (and counted) when the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            rows = len(batch.prediction_ids)
+            with self._lock:
+                self.dropped += rows
+            if self._on_drop is not None:
+                self._on_drop(rows)
+            return False
+        return True
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def flush_now(self) -> None:
+        """Write what is queued from the calling thread (tests, batch jobs, shutdown)."""
+        pending = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if item is not _STOP:
+                    pending.append(item)
+        self._write(pending)
+
+    def _run(self) -> None:
+        pending: list[RecordBatch] = []
+        deadline = time.monotonic() + self.limits.flush_interval_s
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._write(pending)
+                return
+            if item is not None:
+                pending.append(item)
+            if time.monotonic() >= deadline:
+                self._write(pending)
+                pending = []
+                deadline = time.monotonic() + self.limits.flush_interval_s
+
+    def _write(self, batches: list[RecordBatch]) -> None:
+        if not batches:
+            return
+        groups: dict[tuple[str, int, str], list[RecordBatch]] = {}
+        for b in batches:
+            day = datetime.fromtimestamp(b.at, UTC).strftime("%Y-%m-%d")
+            groups.setdefault((b.model, b.version, day), []).append(b)
+        for (model, _version, day), group in groups.items():
+            table = _table(group)
+            folder = self.root / f"model={model}" / f"date={day}"
+            _write_parquet(table, folder)
+            with self._lock:
+                self.written += table.num_rows
+
+
+def _table(group: list[RecordBatch]) -> pa.Table:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    ids = [i for b in group for i in b.prediction_ids]
+    counts = [len(b.prediction_ids) for b in group]
+
+    def repeat(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pa.array(np.repeat(np.asarray(values, dtype=object), counts), type=kind)
+
+    columns: dict[str, Any] = {
+        "prediction_id": pa.array(ids, type=pa.string()),
+        "time": pa.array(
+            np.repeat(np.array([b.at for b in group]) * 1e6, counts).astype("int64"),
+            type=pa.timestamp("us", tz="UTC"),
+        ),
+        "model": repeat([b.model for b in group], pa.string()),
+        "version": repeat([b.version for b in group], pa.int32()),
+        "mode": repeat([b.mode for b in group], pa.string()),
+        "unit_id": pa.array(
+            np.repeat(np.array([b.unit_id for b in group], dtype=object), counts), type=pa.string()
+        ),
+        "latency_ms": repeat([b.latency_ms for b in group], pa.float32()),
+    }
+    inputs = (
+        pd.concat([b.inputs for b in group], ignore_index=True)
+        if len(group) > 1
+        else group[0].inputs
+    )
+    for name in inputs.columns:
+        columns[f"in.{name}"] = pa.Array.from_pandas(inputs[name])
+    for name in group[0].outputs:
+        values = np.concatenate([b.outputs[name] for b in group])
+        if values.ndim == 2:
+            flat = pa.array(values.reshape(-1))
+            columns[f"out.{name}"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+        else:
+            columns[f"out.{name}"] = pa.array(values.tolist() if values.dtype == object else values)
+    return pa.table(columns)
+
+
+def _write_parquet(table: pa.Table, folder: Path) -> None:
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.rename(folder / name)  # readers never see half a file
+
+
+def read_records(
+    root: Path,
+    model: str,
+    *,
+    version: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """Records of one model (optionally one version) in a time window, oldest first."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    folder = root / f"model={model}"
+    if not folder.is_dir():
+        return pa.table({})
+    dataset = ds.dataset(
+        folder,
+        format="parquet",
+        partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
+        exclude_invalid_files=False,
+        ignore_prefixes=[".", "_"],
+    )
+    condition = None
+    for clause in _filters(version, since, until):
+        condition = clause if condition is None else condition & clause
+    table = dataset.to_table(filter=condition, columns=columns)
+    if "date" in table.column_names and (columns is None or "date" not in columns):
+        table = table.drop_columns(["date"])
+    return table.sort_by("time") if "time" in table.column_names else table
+
+
+def _filters(version: int | None, since: datetime | None, until: datetime | None) -> Iterator[Any]:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    if version is not None:
+        yield ds.field("version") == version
+    if since is not None:
+        yield ds.field("date") >= since.astimezone(UTC).strftime("%Y-%m-%d")
+        yield ds.field("time") >= pc.scalar(since.astimezone(UTC))
+    if until is not None:
+        yield ds.field("date") <= until.astimezone(UTC).strftime("%Y-%m-%d")
+        yield ds.field("time") < pc.scalar(until.astimezone(UTC))
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``30m``, ``1h``, ``2d`` ago, or an ISO-8601 time."""
+    now = now or datetime.now(UTC)
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(**{units[text[-1]]: float(text[:-1])})
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"cannot read time {text!r}: use 30m, 1h, 2d or an ISO time like 2026-11-26T10:00"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
