@@ -19,9 +19,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-## demo: set up, then train and register the demo models on the embedded default (SQLite + ./.berth)
+## demo: set up, train and register the demo models on the embedded default (SQLite + ./.berth),
+## then serve them on 127.0.0.1:$(PORT) (Ctrl-C stops; SERVE=0 skips serving)
+SERVE ?= 1
+PORT ?= 8000
 demo: install
 	$(BIN)/berth demo
+	@if [ "$(SERVE)" = "1" ]; then $(BIN)/berth serve --port $(PORT); fi
 
 ## test: set up, lint, then the whole default suite
 test: install lint

@@ -39,12 +39,27 @@ def demo(ctx: typer.Context) -> None:
         metrics = ", ".join(f"{k}={val:.3f}" for k, val in v.metrics.items())
         table.add_row(v.ref, ", ".join(live.aliases), v.flavor, metrics)
     console.print(table)
-    samples = c.settings.home / "demo"
-    console.print(
-        "\nTry next:\n"
-        "  berth models list\n"
-        "  berth models show credit-risk@production\n"
-        f"  berth predict credit-risk@production --input {samples / 'credit-risk.json'} --table\n"
-        f"  berth predict sentiment@production --input {samples / 'sentiment.json'} --table\n"
-        '  echo \'{"texts": ["I loved it"]}\' | berth predict sentiment -i -'
+    samples = c.settings.home.resolve() / "demo"
+    texts = '{"texts": ["The staff were lovely", "Never again"]}'
+    oip_text = (
+        '{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Great value"]}]}'
     )
+    lines = [
+        "",
+        "Try next:",
+        "  berth models list",
+        "  berth models show credit-risk@production",
+        f"  berth predict credit-risk@production --input {samples / 'credit-risk.json'} --table",
+        f"  echo '{texts}' | berth predict sentiment -i -",
+        "",
+        "With the server running (berth serve; make demo starts it on port 8000):",
+        "  curl -s -X POST localhost:8000/v1/predict/credit-risk@production "
+        f"-d @{samples / 'credit-risk.json'}",
+        f"  curl -s -X POST localhost:8000/v1/predict/sentiment -d '{texts}'",
+        f"  curl -s -X POST localhost:8000/v2/models/sentiment/infer -d '{oip_text}'",
+        "  curl -s -X POST localhost:8000/v2/models/credit-risk/infer "
+        f"-d @{samples / 'credit-risk-oip.json'}",
+        "  curl -s localhost:8000/v2/models/credit-risk    # metadata; /docs, /metrics too",
+        "  berth logs credit-risk --since 1h             # the prediction records",
+    ]
+    console.print("\n".join(lines))

@@ -116,8 +116,20 @@ def _write_samples(folder: Path) -> None:
     """Ready-made inputs for ``berth predict`` (and, later, curl)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = credit.generate(rows=3, seed=1)[list(credit.FEATURES)].to_dict(orient="records")
+    oip = {
+        "inputs": [
+            {
+                "name": k,
+                "shape": [len(rows)],
+                "datatype": _oip_type(rows[0][k]),
+                "data": [r[k] for r in rows],
+            }
+            for k in rows[0]
+        ]
+    }
     samples: dict[str, Any] = {
         "credit-risk.json": {"records": rows},
+        "credit-risk-oip.json": oip,
         "sentiment.json": {
             "texts": [
                 "The staff were kind and the room was spotless.",
@@ -129,3 +141,9 @@ def _write_samples(folder: Path) -> None:
         (folder / file).write_bytes(
             orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
+
+
+def _oip_type(value: object) -> str:
+    if isinstance(value, str):
+        return "BYTES"
+    return "INT64" if isinstance(value, int) else "FP64"
