@@ -48,5 +48,14 @@ format: install
 bench: install
 	$(BIN)/python bench/registry_bench.py
 
+## bench-serve: realtime serving figures (wrk against berth serve, a minimal FastAPI app and the
+## in-process floor) into bench/results/serve.{json,md}; installs wrk with apt-get when missing
+.PHONY: bench-serve
+bench-serve: install
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
+	$(BIN)/python bench/serve_bench.py
+
 clean:
 	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache

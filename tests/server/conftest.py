@@ -7,8 +7,8 @@ Models in the shared home:
 
 - ``credit``: a scikit-learn pipeline on float64, float32, int64, int32, bool and a categorical
   string feature; v1 is ``production``, v2 is ``staging`` (and the newest).
-- ``numeric``: logistic regression on numbers only (float64 and int64), one version, no alias, so
-  one 2-D FP64 tensor can carry a whole row and "no version" means the newest.
+- ``numeric``: logistic regression on numbers only (float64 and int64), two versions and no alias,
+  so one 2-D FP64 tensor can carry a whole row and "no version" means the newest (v2).
 - ``sentiment``: the session MiniLM encoder with a logistic-regression head, ``production``.
 """
 
@@ -109,7 +109,7 @@ def numeric_frame(rows: int = 200, seed: int = 2) -> pd.DataFrame:
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class Served:
     """The shared home and the very objects registered there (to compare outputs with)."""
 
@@ -117,6 +117,7 @@ class Served:
     credit_v1: Any
     credit_v2: Any
     numeric: Any
+    """Version 2 of ``numeric``, the newest."""
     sentiment: SentenceClassifier
     credit_rows: pd.DataFrame
     numeric_rows: pd.DataFrame
@@ -130,7 +131,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, minilm) -> Served:
     v1 = credit_model(frame, labels, c=1.0)
     v2 = credit_model(frame, labels, c=0.05)
     numbers = numeric_frame()
-    numeric = LogisticRegression().fit(numbers, (numbers["x0"] + numbers["x1"] > 0).astype(int))
+    target = (numbers["x0"] + numbers["x1"] > 0).astype(int)
+    numeric_v1 = LogisticRegression(C=0.01).fit(numbers, target)
+    numeric = LogisticRegression(C=1.0).fit(numbers, target)
     sentiment = SentenceClassifier(minilm, head=None, normalize=True)
     sentiment.head = LogisticRegression().fit(sentiment.embed(TEXTS), TEXT_LABELS)
     with Berth(Settings(home=home, user="tester")) as client:
@@ -138,6 +141,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, minilm) -> Served:
         client.register(v2, "credit", training_data=frame)
         client.set_alias("credit", "production", 1)
         client.set_alias("credit", "staging", 2)
+        client.register(numeric_v1, "numeric", training_data=numbers)
         client.register(numeric, "numeric", training_data=numbers)
         client.register(sentiment, "sentiment", training_data=TEXTS)
         client.set_alias("sentiment", "production", 1)

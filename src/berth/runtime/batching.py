@@ -87,6 +87,7 @@ class MicroBatcher:
         self._queue: deque[tuple[pd.DataFrame, asyncio.Future[Outputs]]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
 
     @property
     def depth(self) -> int:
@@ -104,8 +105,8 @@ class MicroBatcher:
         return await future
 
     async def close(self) -> None:
-        """Finish what is queued, then stop."""
-        while self._queue:
+        """Finish what is queued and the batch in flight, then stop."""
+        while self._queue or self._busy:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
@@ -118,8 +119,11 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
             await self._gather(loop)
-            taken = self._take()
-            await self._predict(loop, taken)
+            self._busy = True
+            try:
+                await self._predict(loop, self._take())
+            finally:
+                self._busy = False
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for company until the batch is full or the window closes."""

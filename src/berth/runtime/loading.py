@@ -13,7 +13,7 @@ from berth.flavors import get_flavor
 from berth.registry.references import Reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
-from berth.runtime.codecs import to_frame, to_records
+from berth.runtime.codecs import to_columns, to_records
 from berth.runtime.validation import validate
 from berth.types import Outputs, Predictor
 
@@ -33,7 +33,7 @@ class LoadedModel:
 
     def predict(self, data: Any) -> Outputs:
         """Validate ``data`` (records, columns, texts, DataFrame...) and predict on it."""
-        return self.predict_validated(validate(self.signature, to_frame(data, self.signature)))
+        return self.predict_validated(validate(self.signature, to_columns(data, self.signature)))
 
     def predict_validated(self, batch: pd.DataFrame) -> Outputs:
         outputs = self.predictor.predict(batch)

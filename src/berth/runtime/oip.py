@@ -21,9 +21,9 @@ from berth.errors import InvalidInputError, SchemaError
 
 if TYPE_CHECKING:
     import numpy.typing as npt
-    import pandas as pd
 
     from berth.registry.signature import Signature
+    from berth.runtime.codecs import Columns
     from berth.types import Outputs
 
 TO_OIP = {
@@ -37,7 +37,7 @@ HEADER_LENGTH = "inference-header-content-length"
 
 @dataclass
 class OipRequest:
-    frame: pd.DataFrame
+    frame: Columns
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: list[tuple[str, bool]] | None = None
@@ -185,22 +185,20 @@ def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> npt.NDArra
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
 
 
-def _frame(arrays: dict[str, npt.NDArray[Any]], signature: Signature) -> pd.DataFrame:
-    import pandas as pd
-
+def _frame(arrays: dict[str, npt.NDArray[Any]], signature: Signature) -> Columns:
     if len(arrays) == 1:
         ((name, array),) = arrays.items()
         if signature.kind == "text" or name not in signature.names:
             width = array.shape[1] if array.ndim == 2 else 1
             if array.ndim == 2 and width == len(signature.inputs) and width > 1:
-                return pd.DataFrame({f: array[:, j] for j, f in enumerate(signature.names)})
+                return {f: array[:, j].copy() for j, f in enumerate(signature.names)}
             if signature.kind == "text" or len(signature.inputs) == 1:
-                return pd.DataFrame({signature.names[0]: _column(name, array)})
+                return {signature.names[0]: _column(name, array)}
     columns = {name: _column(name, array) for name, array in arrays.items()}
     lengths = {len(c) for c in columns.values()}
     if len(lengths) > 1:
         raise InvalidInputError(f"inputs have different batch sizes: {sorted(lengths)}")
-    return pd.DataFrame(columns)
+    return columns
 
 
 def _column(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from berth.registry.service import Registry, VersionInfo
+    from berth.runtime.codecs import Columns
     from berth.runtime.metrics import Metrics
     from berth.types import Outputs
 
@@ -107,7 +108,7 @@ class ServedModel:
 class Decoded:
     """What an adapter decoded from its transport once it knew the version's signature."""
 
-    frame: pd.DataFrame
+    frame: pd.DataFrame | Columns
     unit_id: str | None = None
 
 
@@ -326,7 +327,7 @@ class InferencePath:
         self,
         name: str,
         selector: str | None,
-        data: pd.DataFrame | Callable[[ServedModel], Decoded],
+        data: pd.DataFrame | Columns | Callable[[ServedModel], Decoded],
         *,
         unit_id: str | None = None,
         mode: str = "realtime",

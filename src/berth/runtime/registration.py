@@ -24,7 +24,7 @@ from berth.registry.profile import fingerprint, profile
 from berth.registry.references import check_model_name
 from berth.registry.service import NewVersion, Registry, VersionInfo
 from berth.registry.signature import Signature, infer_signature
-from berth.runtime.codecs import to_frame
+from berth.runtime.codecs import to_columns
 from berth.runtime.validation import validate
 
 TrainingData = pd.DataFrame | Sequence[str]
@@ -57,7 +57,7 @@ def register_model(
         sig = sig.with_outputs(chosen.outputs(model, sig))
     frame = None
     if training_data is not None:
-        frame = validate(sig, to_frame(training_data, sig).copy())
+        frame = validate(sig, to_columns(training_data, sig))
     lineage: dict[str, Any] = {
         "environment": lineage_mod.environment(chosen.packages),
         "code": lineage_mod.git_state(code_path or Path.cwd()),

@@ -7,6 +7,7 @@ owns its arrays: a predictor may write into it without touching the caller's dat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,39 +20,53 @@ from berth.registry.signature import NUMERIC, Feature, Signature
 Array = npt.NDArray[Any]
 
 
-def validate(signature: Signature, frame: pd.DataFrame) -> pd.DataFrame:
+def validate(signature: Signature, data: pd.DataFrame | Mapping[str, Array]) -> pd.DataFrame:
     """Return a new frame with exactly the signature's columns, in order, dtypes coerced.
 
-    A nullable integer feature with a missing value comes back as float64 with NaN (numpy integers
-    hold no missing value); a nullable bool feature with a missing value as object with None.
+    ``data`` is a DataFrame (never modified) or decoded columns (see ``codecs.to_columns``),
+    whose arrays the result may take over. A nullable integer feature with a missing value comes
+    back as float64 with NaN (numpy integers hold no missing value); a nullable bool feature with a
+    missing value as object with None.
     """
-    if len(frame) == 0:
+    if isinstance(data, pd.DataFrame):
+        labels = {str(c): c for c in data.columns}
+        if len(labels) != data.shape[1]:
+            raise SchemaError("the input names a feature twice")
+        rows = len(data)
+
+        def array(name: str) -> Array:
+            return data[labels[name]].to_numpy(copy=True)  # type: ignore[no-any-return]
+
+    else:
+        labels = {name: name for name in data}
+        lengths = {len(v) for v in data.values()}
+        if len(lengths) > 1:
+            raise SchemaError(f"input columns have different lengths: {sorted(lengths)}")
+        rows = lengths.pop() if lengths else 0
+
+        def array(name: str) -> Array:
+            return data[name]
+
+    if rows == 0:
         raise SchemaError("the input has no rows")
-    columns = [str(c) for c in frame.columns]
     names = signature.names
-    missing = [n for n in names if n not in columns]
+    missing = [n for n in names if n not in labels]
     if missing:
         raise SchemaError(
             f"missing feature{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
             f"expected: {', '.join(names)}",
             feature=missing[0],
         )
-    unknown = [c for c in columns if c not in names]
-    if unknown:
+    if len(labels) != len(names):
+        unknown = [c for c in labels if c not in set(names)]
         raise SchemaError(
             f"unknown feature{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"expected: {', '.join(names)}",
             feature=unknown[0],
         )
-    if len(set(columns)) != len(columns):
-        raise SchemaError("the input names a feature twice")
-    position = {c: i for i, c in enumerate(columns)}
     allow_unknown = signature.unknown_categories == "allow"
-    data = {
-        f.name: _column(f, frame.iloc[:, position[f.name]].to_numpy(copy=True), allow_unknown)
-        for f in signature.inputs
-    }
-    return pd.DataFrame(data, index=pd.RangeIndex(len(frame)), copy=False)
+    columns = {f.name: _column(f, array(f.name), allow_unknown) for f in signature.inputs}
+    return pd.DataFrame(columns, index=pd.RangeIndex(rows), copy=False)
 
 
 def _column(feature: Feature, values: Array, allow_unknown: bool) -> Array:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from berth.errors import InvalidInputError
 from berth.registry.references import parse_reference
-from berth.runtime.codecs import to_frame, to_records
+from berth.runtime.codecs import to_columns, to_records
 from berth.runtime.path import Decoded, InferencePath, ServedModel
 
 from .responses import json_response
@@ -59,7 +59,7 @@ def router(path: InferencePath) -> APIRouter:
             raise InvalidInputError("'unit_id' must be a string")
 
         def decode(served: ServedModel) -> Decoded:
-            return Decoded(to_frame(doc, served.info.signature), unit)
+            return Decoded(to_columns(doc, served.info.signature), unit)
 
         result = await path.infer(
             reference.name, selector, decode, unit_id=request.headers.get("x-berth-unit")

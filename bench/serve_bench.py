@@ -1,0 +1,734 @@
+"""Realtime serving figures for the README (issue 3, item 9): ``berth serve`` under wrk on
+127.0.0.1, side by side with the in-process floor and a minimal FastAPI app (bench/minimal_app.py)
+serving the same models, all in one run on the same machine.
+
+- ``credit-risk``, one row per request on ``POST /v1/predict/credit-risk``: Berth with prediction
+  records on and the access log off (the target), with the access log on, and with records off (to
+  attribute their cost), against the minimal app; floor: single-row ``predict_proba`` in a loop and
+  one call on 32 rows.
+- ``sentiment``, one sentence per request: Berth with micro-batching on (default: 32 rows, 5 ms)
+  against the same server with batching off (``{"models": {"sentiment": {"max_batch_size": 1}}}``)
+  and the minimal app; floor: encoder + head on 1 sentence and on 32.
+
+Each load runs with 1 and 32 connections (``wrk -t1``), a warm-up first, then a timed run; requests
+cycle through 64 different rows or sentences. Every server is a subprocess on a free ephemeral port
+of 127.0.0.1, started before the runs (in parallel) and stopped with SIGTERM afterwards. Thread
+limits are the same everywhere: OpenMP and BLAS pools at 1 thread (threadpoolctl; what
+``berth serve --threads 1`` sets), torch at the cores divided by the workers (Berth's default).
+
+Alongside requests/s and latency, each run records the server's CPU time per request (from
+/proc/PID/stat) and the CPU used by other processes on the machine during the run (from /proc/stat,
+minus the server and wrk), so a noisy machine shows in the results instead of hiding in them.
+
+    .venv/bin/python bench/serve_bench.py [--home H] [--duration 10] [--warmup 2] [--rounds 1]
+
+Needs ``wrk`` (``make bench-serve`` installs it with apt-get); this script installs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+LUA = BENCH / "wrk" / "post_bodies.lua"
+BIN = Path(sys.executable).parent
+HZ = os.sysconf("SC_CLK_TCK")
+CONNECTIONS = (1, 32)
+POOL = 64  # distinct rows / sentences that requests cycle through
+BATCH = 32
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+CPUS = os.cpu_count() or 1
+TORCH_THREADS = max(1, CPUS)  # berth serve's default with one worker: the cores / workers
+
+# -- machine state ---------------------------------------------------------------------------------
+
+
+def cpu_busy_ticks() -> int:
+    """Busy jiffies of the whole machine (all cores)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values[:8]) - idle
+
+
+def process_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads), in jiffies."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as fh:
+        return float(fh.read().split()[0])
+
+
+def other_load(seconds: float = 2.0) -> float:
+    """Cores kept busy by other processes while this script sleeps."""
+    before = cpu_busy_ticks()
+    time.sleep(seconds)
+    return (cpu_busy_ticks() - before) / HZ / seconds
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    args: list[str]
+    log: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready_s: float | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.port = free_port()
+        cmd = [a.replace("{port}", str(self.port)) for a in self.args]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("wb")  # a file, never a pipe: a full pipe would stall the server
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV)
+        out.close()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        assert self.proc is not None
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        self.ready_s = time.perf_counter() - self.started_at
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def post(self, path: str, body: bytes) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.base}{path}", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def berth_server(home: Path, logs: Path, name: str, *extra: str) -> Server:
+    cmd = [str(BIN / "berth"), "--home", str(home), "serve", "--port", "{port}", "--threads", "1"]
+    return Server(name, [*cmd, *extra], logs / f"{name}.log")
+
+
+def minimal_server(home: Path, logs: Path) -> Server:
+    cmd = [sys.executable, str(BENCH / "minimal_app.py"), "--home", str(home), "--port", "{port}"]
+    cmd += ["--threads", "1", "--torch-threads", str(TORCH_THREADS)]
+    return Server("minimal", cmd, logs / "minimal.log")
+
+
+# -- load generation -------------------------------------------------------------------------------
+
+
+def run_wrk(url: str, connections: int, seconds: float, bodies: Path) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    cmd += ["-s", str(LUA), url]
+    done = subprocess.run(
+        cmd, env={**ENV, "BERTH_BENCH_BODIES": str(bodies)}, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    found = re.search(r"^BENCH_JSON (\{.*\})$", done.stdout, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk printed no figures:\n{done.stdout}\n{done.stderr}")
+    stats: dict[str, Any] = json.loads(found.group(1))
+    return stats
+
+
+@dataclass
+class Load:
+    """One line of the results: a model's requests against one server."""
+
+    model: str
+    setup: str
+    server: Server
+    path: str
+    bodies: Path
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def measure(load: Load, connections: int, args: argparse.Namespace, round_: int) -> dict[str, Any]:
+    server = load.server
+    assert server.proc is not None
+    url = f"{server.base}{load.path}"
+    run_wrk(url, connections, args.warmup, load.bodies)
+    busy0, server0, wrk0 = cpu_busy_ticks(), process_ticks(server.proc.pid), children_cpu_s()
+    load0, t0 = loadavg(), time.perf_counter()
+    stats = run_wrk(url, connections, args.duration, load.bodies)
+    elapsed = time.perf_counter() - t0
+    busy = (cpu_busy_ticks() - busy0) / HZ
+    server_s = (process_ticks(server.proc.pid) - server0) / HZ
+    wrk_s = children_cpu_s() - wrk0
+    seconds = stats["duration_us"] / 1e6
+    errors = sum(stats[k] for k in stats if k.endswith("_errors"))
+    run = {
+        "model": load.model,
+        "setup": load.setup,
+        "connections": connections,
+        "round": round_,
+        "requests": stats["requests"],
+        "requests_per_s": stats["requests"] / seconds,
+        "p50_ms": stats["latency_p50_us"] / 1000,
+        "p90_ms": stats["latency_p90_us"] / 1000,
+        "p99_ms": stats["latency_p99_us"] / 1000,
+        "max_ms": stats["latency_max_us"] / 1000,
+        "mean_ms": stats["latency_mean_us"] / 1000,
+        "errors": errors,
+        "error_detail": {k: stats[k] for k in stats if k.endswith("_errors") and stats[k]},
+        "server_cpu_cores": server_s / elapsed,
+        "server_cpu_us_per_request": server_s / max(1, stats["requests"]) * 1e6,
+        "wrk_cpu_cores": wrk_s / elapsed,
+        "other_cpu_cores": max(0.0, (busy - server_s - wrk_s) / elapsed),
+        "loadavg_start": load0,
+        "loadavg_end": loadavg(),
+    }
+    load.runs.append(run)
+    print(
+        f"  {load.model:11} {load.setup:32} c={connections:<2} {run['requests_per_s']:8.1f} req/s"
+        f"  p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms"
+        f"  cpu {run['server_cpu_us_per_request']:7.0f} us/req  other {run['other_cpu_cores']:.2f}"
+        + (f"  ERRORS {run['error_detail']}" if errors else ""),
+        flush=True,
+    )
+    return run
+
+
+def best(load: Load, connections: int) -> dict[str, Any]:
+    """The round with the most requests/s: noise from other processes only ever slows a run."""
+    runs = [r for r in load.runs if r["connections"] == connections]
+    return max(runs, key=lambda r: r["requests_per_s"])
+
+
+# -- in-process floor ------------------------------------------------------------------------------
+
+
+def timed_calls(
+    fn: Callable[[int], object], seconds: float, at_least: int = 20
+) -> dict[str, float]:
+    """Call ``fn(i)`` for about ``seconds``; per-call latencies and calls/s."""
+    fn(0)
+    fn(1)
+    times: list[float] = []
+    start = time.perf_counter()
+    i = 0
+    while i < at_least or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t)
+        i += 1
+    total = time.perf_counter() - start
+    times.sort()
+    return {
+        "calls": len(times),
+        "calls_per_s": len(times) / total,
+        "p50_ms": times[len(times) // 2] * 1000,
+        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))] * 1000,
+        "mean_ms": statistics.fmean(times) * 1000,
+    }
+
+
+def floor_credit(home: Path, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    import orjson
+    import pandas as pd
+
+    import berth
+    from berth.runtime.codecs import to_frame, to_records
+    from berth.runtime.validation import validate
+
+    loaded = berth.connect(home=home).load("credit-risk@production")
+    limit_threads()
+    predictor: Any = loaded.predictor
+    sig, model = loaded.signature, predictor.model  # the scikit-learn Pipeline
+    singles = [validate(sig, to_frame({"records": [r]}, sig)) for r in records]
+    batch = validate(sig, to_frame({"records": records[:BATCH]}, sig))
+    bodies = [orjson.dumps({"records": [r]}) for r in records]
+    n = len(records)
+
+    def decode(i: int) -> Any:
+        return to_frame(orjson.loads(bodies[i % n]), sig)
+
+    raw = [decode(i) for i in range(n)]
+    outputs = [loaded.predict_validated(f) for f in singles]
+    out: dict[str, Any] = {
+        "unbatched": timed_calls(lambda i: model.predict_proba(singles[i % n]), seconds),
+        "batched_32": timed_calls(lambda i: model.predict_proba(batch), seconds),
+    }
+    out["batched_32"]["rows_per_s"] = out["batched_32"]["calls_per_s"] * BATCH
+    # Where one request's time goes outside HTTP, step by step (medians, one row):
+    quick = seconds / 2
+    out["steps_one_row"] = {
+        "minimal_app_work (json + DataFrame + predict_proba)": timed_calls(
+            lambda i: model.predict_proba(pd.DataFrame(json.loads(bodies[i % n])["records"])),
+            quick,
+        ),
+        "berth decode (orjson + to_frame)": timed_calls(decode, quick),
+        "berth validate": timed_calls(lambda i: validate(sig, raw[i % n]), quick),
+        "berth predict_validated (predict_proba + argmax + checks)": timed_calls(
+            lambda i: loaded.predict_validated(singles[i % n]), quick
+        ),
+        "berth to_records": timed_calls(lambda i: to_records(outputs[i % n], sig), quick),
+        "berth LoadedModel.predict (decode + validate + predict)": timed_calls(
+            lambda i: loaded.predict(orjson.loads(bodies[i % n])), quick
+        ),
+    }
+    return out
+
+
+def floor_sentiment(home: Path, sentences: list[str], seconds: float) -> dict[str, Any]:
+    import berth
+
+    loaded = berth.connect(home=home).load("sentiment@production")
+    limit_threads()
+    predictor: Any = loaded.predictor
+    model = predictor.model  # encoder + logistic head
+    n = len(sentences)
+    out: dict[str, Any] = {
+        "unbatched": timed_calls(lambda i: model.predict_proba([sentences[i % n]]), seconds),
+        "batched_32": timed_calls(lambda i: model.predict_proba(sentences[:BATCH]), seconds),
+    }
+    out["batched_32"]["rows_per_s"] = out["batched_32"]["calls_per_s"] * BATCH
+    return out
+
+
+def limit_threads() -> None:
+    """What berth serve --threads 1 sets after each load."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")
+    threadpool_limits(limits=1, user_api="blas")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(TORCH_THREADS)
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def credit_records(home: Path) -> list[dict[str, Any]]:
+    """64 rows of the demo's own data, each checked against the signature."""
+    import berth
+    from berth.demo import credit
+    from berth.errors import BerthError
+    from berth.runtime.codecs import to_frame
+    from berth.runtime.validation import validate
+
+    sig = berth.connect(home=home).get_version("credit-risk@production").signature
+    data = credit.generate().sample(frac=1.0, random_state=11)[sig.names]
+    rows: list[dict[str, Any]] = []
+    for record in json.loads(data.head(4 * POOL).to_json(orient="records")):
+        try:
+            validate(sig, to_frame({"records": [record]}, sig))
+        except BerthError:
+            continue
+        rows.append(record)
+        if len(rows) == POOL:
+            break
+    return rows
+
+
+def sentiment_texts() -> list[str]:
+    from berth.demo.sentiment import load_data
+
+    texts = load_data()["text"].dropna().astype(str)
+    return texts.sample(n=min(POOL, len(texts)), random_state=11).tolist()  # type: ignore[no-any-return]
+
+
+def write_bodies(path: Path, bodies: Sequence[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
+    return path
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def build_summary(loads: list[Load], floor: dict[str, Any]) -> dict[str, Any]:
+    by = {(ld.model, ld.setup): ld for ld in loads}
+    summary: dict[str, Any] = {}
+    for ld in loads:
+        for c in CONNECTIONS:
+            summary[f"{ld.model} | {ld.setup} | c={c}"] = best(ld, c)
+
+    def rps(model: str, setup: str, c: int) -> float:
+        return float(best(by[(model, setup)], c)["requests_per_s"])
+
+    def cpu(model: str, setup: str, c: int) -> float:
+        return float(best(by[(model, setup)], c)["server_cpu_us_per_request"])
+
+    ratios: dict[str, float] = {}
+    for c in CONNECTIONS:
+        ratios[f"credit-risk Berth (records on, access log off) / minimal app, c={c}"] = ratio(
+            rps("credit-risk", BERTH_DEFAULT, c), rps("credit-risk", MINIMAL, c)
+        )
+        ratios[f"credit-risk Berth (records on, access log on) / minimal app, c={c}"] = ratio(
+            rps("credit-risk", BERTH_ACCESS, c), rps("credit-risk", MINIMAL, c)
+        )
+        ratios[f"credit-risk Berth (records off, access log off) / minimal app, c={c}"] = ratio(
+            rps("credit-risk", BERTH_NO_RECORDS, c), rps("credit-risk", MINIMAL, c)
+        )
+        ratios[f"credit-risk server CPU per request, Berth default / minimal app, c={c}"] = ratio(
+            cpu("credit-risk", BERTH_DEFAULT, c), cpu("credit-risk", MINIMAL, c)
+        )
+        ratios[f"credit-risk Berth (records on, access log off) / floor unbatched, c={c}"] = ratio(
+            rps("credit-risk", BERTH_DEFAULT, c), floor["credit-risk"]["unbatched"]["calls_per_s"]
+        )
+        ratios[f"sentiment Berth batching on / batching off, c={c}"] = ratio(
+            rps("sentiment", BERTH_DEFAULT, c), rps("sentiment", BERTH_NO_BATCH, c)
+        )
+        ratios[f"sentiment Berth batching on / minimal app, c={c}"] = ratio(
+            rps("sentiment", BERTH_DEFAULT, c), rps("sentiment", MINIMAL, c)
+        )
+    ratios["sentiment Berth batching on, c=32 / floor batched 32"] = ratio(
+        rps("sentiment", BERTH_DEFAULT, 32), floor["sentiment"]["batched_32"]["rows_per_s"]
+    )
+    ratios["sentiment Berth batching on, c=32 / floor unbatched"] = ratio(
+        rps("sentiment", BERTH_DEFAULT, 32), floor["sentiment"]["unbatched"]["calls_per_s"]
+    )
+    credit_ratio = ratios["credit-risk Berth (records on, access log off) / minimal app, c=32"]
+    credit_ratio_1 = ratios["credit-risk Berth (records on, access log off) / minimal app, c=1"]
+    batch_ratio = ratios["sentiment Berth batching on / batching off, c=32"]
+    p99 = float(best(by[("sentiment", BERTH_DEFAULT)], 1)["p99_ms"])
+    targets = [
+        {
+            "target": "credit-risk throughput (c=32) >= 0.8x minimal app, records on",
+            "measured": f"{credit_ratio:.2f}x (c=1: {credit_ratio_1:.2f}x)",
+            "met": credit_ratio >= 0.8,
+        },
+        {
+            "target": "sentiment throughput at 32 connections >= 3x same server, batching off",
+            "measured": f"{batch_ratio:.2f}x",
+            "met": batch_ratio >= 3.0,
+        },
+        {
+            "target": "sentiment p99 < 100 ms at 1 connection (batching on)",
+            "measured": f"{p99:.1f} ms",
+            "met": p99 < 100.0,
+        },
+    ]
+    return {"best_runs": summary, "ratios": ratios, "targets": targets}
+
+
+def markdown(results: dict[str, Any], loads: list[Load]) -> str:
+    floor = results["floor"]
+    noise = results["noise"]
+    lines = [
+        "# Realtime serving benchmark",
+        "",
+        f"`bench/serve_bench.py`, {results['finished']}: {results['machine']['cpus']} cores, "
+        f"Python {results['machine']['python']}, {results['machine']['wrk']}. "
+        f"wrk -t1 on 127.0.0.1, {results['settings']['duration_s']:g} s per run after "
+        f"{results['settings']['warmup_s']:g} s warm-up, best of {results['settings']['rounds']} "
+        f"round(s); requests cycle through {POOL} different rows / sentences. One uvicorn worker "
+        "everywhere; OpenMP and BLAS at 1 thread (threadpoolctl, `berth serve --threads 1`), "
+        f"torch at {TORCH_THREADS} threads (Berth's default: cores / workers).",
+        "",
+        f"Machine noise: other processes used {noise['other_cpu_cores_mean']:.2f} cores on "
+        f"average during the runs (max {noise['other_cpu_cores_max']:.2f}; "
+        f"{noise['idle_before_cores']:.2f} before the start), load average "
+        f"{noise['loadavg_start']:.2f} -> {noise['loadavg_end']:.2f}. "
+        "Server CPU per request is the steadier figure when the machine is busy.",
+        "",
+    ]
+    header = [
+        "| setup | conns | req/s | p50 ms | p99 ms | server CPU us/req | other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, unit in (("credit-risk", "rows/s"), ("sentiment", "sentences/s")):
+        f = floor[model]
+        title = "one row per request" if model == "credit-risk" else "one sentence per request"
+        lines += [f"## {model} ({title})", "", *header]
+        lines.append(
+            f"| in-process floor, unbatched (1 per call, calls/s) | - | "
+            f"{f['unbatched']['calls_per_s']:.0f} | {f['unbatched']['p50_ms']:.2f} | "
+            f"{f['unbatched']['p99_ms']:.2f} | - | - |"
+        )
+        lines.append(
+            f"| in-process floor, batched 32 ({unit}) | - | "
+            f"{f['batched_32']['rows_per_s']:.0f} | {f['batched_32']['p50_ms']:.2f} | "
+            f"{f['batched_32']['p99_ms']:.2f} | - | - |"
+        )
+        for ld in loads:
+            if ld.model != model:
+                continue
+            for c in CONNECTIONS:
+                r = best(ld, c)
+                err = f" ({r['errors']} errors)" if r["errors"] else ""
+                lines.append(
+                    f"| {ld.setup}{err} | {c} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | "
+                    f"{r['p99_ms']:.2f} | {r['server_cpu_us_per_request']:.0f} | "
+                    f"{r['other_cpu_cores']:.2f} |"
+                )
+        lines.append("")
+        if model == "credit-risk":
+            lines += [
+                "In-process, one row, median per call (where a request's time goes outside HTTP):",
+                "",
+                "| step | p50 ms |",
+                "|---|---:|",
+            ]
+            for step, t in f["steps_one_row"].items():
+                lines.append(f"| {step} | {t['p50_ms']:.3f} |")
+            lines.append("")
+    lines += ["## Ratios", "", "| ratio | value |", "|---|---:|"]
+    for name, value in results["summary"]["ratios"].items():
+        lines.append(f"| {name} | {value:.2f} |")
+    lines += ["", "## Targets (issue 3)", "", "| target | measured | met |", "|---|---|---|"]
+    for t in results["summary"]["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+MINIMAL = "minimal FastAPI app"
+BERTH_DEFAULT = "Berth (records on, access log off)"
+BERTH_ACCESS = "Berth (records on, access log on)"
+BERTH_NO_RECORDS = "Berth (records off, access log off)"
+BERTH_NO_BATCH = "Berth, batching off (records on)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="a Berth home with the demo models (default: "
+        "a new temporary one, filled with `berth demo`)",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds; the best one is reported")
+    parser.add_argument("--floor-seconds", type=float, default=3.0)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print(
+            "wrk is not installed. Install it with `make bench-serve` or "
+            "`sudo apt-get install -y wrk`, then run this script again.",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="berth-serve-bench-"))
+    logs = work / "logs"
+    idle_before = other_load()
+    print(f"other processes use {idle_before:.2f} of {CPUS} cores before the start", flush=True)
+    home = args.home
+    if home is None:
+        home = work / "home"
+        print(f"registering the demo models in {home} ...", flush=True)
+        subprocess.run(
+            [str(BIN / "berth"), "--home", str(home), "demo"],
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
+    home = home.resolve()
+
+    records = credit_records(home)
+    texts = sentiment_texts()
+    credit_bodies = write_bodies(work / "credit.jsonl", [{"records": [r]} for r in records])
+    text_bodies = write_bodies(work / "sentiment.jsonl", [{"texts": [t]} for t in texts])
+
+    print("in-process floor ...", flush=True)
+    floor = {
+        "credit-risk": floor_credit(home, records, args.floor_seconds),
+        "sentiment": floor_sentiment(home, texts, args.floor_seconds),
+    }
+    for model, f in floor.items():
+        print(
+            f"  {model:11} unbatched {f['unbatched']['calls_per_s']:8.1f}/s "
+            f"(p50 {f['unbatched']['p50_ms']:.2f} ms)  batched 32: "
+            f"{f['batched_32']['rows_per_s']:8.1f} rows/s",
+            flush=True,
+        )
+
+    no_batching = work / "no-batching.json"
+    no_batching.write_text(json.dumps({"models": {"sentiment": {"max_batch_size": 1}}}))
+    servers = {
+        "berth": berth_server(home, logs, "berth", "--no-access-log"),
+        "berth-access-log": berth_server(home, logs, "berth-access-log", "--access-log"),
+        "berth-no-records": berth_server(
+            home, logs, "berth-no-records", "--no-records", "--no-access-log"
+        ),
+        "berth-no-batching": berth_server(
+            home, logs, "berth-no-batching", "--no-access-log", "--config", str(no_batching)
+        ),
+        "minimal": minimal_server(home, logs),
+    }
+    credit_path, text_path = "/v1/predict/credit-risk", "/v1/predict/sentiment"
+    loads = [
+        Load("credit-risk", MINIMAL, servers["minimal"], credit_path, credit_bodies),
+        Load("credit-risk", BERTH_DEFAULT, servers["berth"], credit_path, credit_bodies),
+        Load("credit-risk", BERTH_ACCESS, servers["berth-access-log"], credit_path, credit_bodies),
+        Load(
+            "credit-risk",
+            BERTH_NO_RECORDS,
+            servers["berth-no-records"],
+            credit_path,
+            credit_bodies,
+        ),
+        Load("sentiment", MINIMAL, servers["minimal"], text_path, text_bodies),
+        Load("sentiment", BERTH_DEFAULT, servers["berth"], text_path, text_bodies),
+        Load("sentiment", BERTH_NO_BATCH, servers["berth-no-batching"], text_path, text_bodies),
+    ]
+    try:
+        print("starting servers ...", flush=True)
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready(timeout_s=300)
+            print(
+                f"  {server.name} ready on :{server.port} after {server.ready_s:.1f}s", flush=True
+            )
+        for ld in loads:  # a wrong answer must fail here, not be benchmarked
+            body = ld.bodies.read_text().splitlines()[0].encode()
+            try:
+                answer = ld.server.post(ld.path, body)
+                label = answer["predictions"][0]["label"]
+            except (urllib.error.URLError, KeyError, IndexError, ValueError) as exc:
+                raise RuntimeError(
+                    f"{ld.server.name} answered {ld.path} wrongly ({exc}):\n{ld.server.tail()}"
+                ) from exc
+            if label is None:
+                raise RuntimeError(f"{ld.server.name}: no label in {answer}")
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_} of {args.rounds}", flush=True)
+            for model in ("credit-risk", "sentiment"):
+                for c in CONNECTIONS:
+                    for ld in loads:
+                        if ld.model == model:
+                            measure(ld, c, args, round_)
+    finally:
+        for server in servers.values():
+            server.stop()
+        for server in servers.values():
+            # uvicorn re-raises SIGTERM after a graceful shutdown: -15 is a clean stop
+            if server.proc is not None and server.proc.returncode not in (0, -15, None):
+                print(f"note: {server.name} exited with {server.proc.returncode}", flush=True)
+
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    all_runs = [r for ld in loads for r in ld.runs]
+    others = [r["other_cpu_cores"] for r in all_runs]
+    results: dict[str, Any] = {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": CPUS,
+            "platform": platform.platform(),
+            "wrk": (wrk_version.stdout or wrk_version.stderr).split("Copyright")[0].strip(),
+        },
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+            "connections": list(CONNECTIONS),
+            "wrk": "-t1 --latency --timeout 10s, Lua: bench/wrk/post_bodies.lua",
+            "distinct_inputs": POOL,
+            "threads": {
+                "openmp_blas": 1,
+                "torch": TORCH_THREADS,
+                "why": "one row's predict_proba is fastest on one OpenMP thread; a busy 2-core "
+                "machine makes extra threads spin. torch keeps Berth's default (cores / workers).",
+            },
+            "berth_serve": "--threads 1, 1 worker, default poll interval, records to Parquet",
+            "minimal_app": "bench/minimal_app.py: async endpoints calling the model inline",
+        },
+        "servers": {s.name: {"ready_s": s.ready_s, "cmd": s.args} for s in servers.values()},
+        "noise": {
+            "idle_before_cores": idle_before,
+            "other_cpu_cores_mean": statistics.fmean(others),
+            "other_cpu_cores_max": max(others),
+            "loadavg_start": all_runs[0]["loadavg_start"],
+            "loadavg_end": all_runs[-1]["loadavg_end"],
+        },
+        "floor": floor,
+        "runs": all_runs,
+    }
+    results["summary"] = build_summary(loads, floor)
+    results["elapsed_s"] = time.perf_counter() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serve.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "serve.md").write_text(markdown(results, loads))
+    print(markdown(results, loads))
+    print(f"wrote {RESULTS / 'serve.json'} and serve.md in {results['elapsed_s']:.0f}s")
+    if args.keep:
+        print(f"kept {work} (server logs in {logs})")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

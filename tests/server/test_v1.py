@@ -1,0 +1,229 @@
+"""Berth's /v1 JSON API: records and texts in, labels, probabilities keyed by class and prediction
+ids out; reference forms; unit ids (header and body) reaching the prediction records; and the
+load states that /v1/models reports."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from berth.runtime.records import read_records
+from tests.server.conftest import TEXTS, credit_tensors
+
+pytestmark = pytest.mark.text  # the module's app serves the MiniLM sentiment model
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    """JSON records the way a user writes them (Python scalars, not numpy ones)."""
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        for row in rows.to_dict("records")
+    ]
+
+
+def _proba(predictions: list[dict], classes: list[str]) -> np.ndarray:
+    return np.array([[p["probabilities"][c] for c in classes] for p in predictions])
+
+
+def test_predict_records(http, served) -> None:
+    rows = served.credit_rows
+    response = http.post("/v1/predict/credit", json={"records": _records(rows)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "credit"
+    assert body["version"] == 1  # the production alias
+    predictions = body["predictions"]
+    assert len(predictions) == len(rows)
+    assert [p["label"] for p in predictions] == served.credit_v1.predict(rows).tolist()
+    for p in predictions:
+        assert set(p["probabilities"]) == {"no", "yes"}
+    np.testing.assert_allclose(
+        _proba(predictions, ["no", "yes"]), served.credit_v1.predict_proba(rows), rtol=1e-12
+    )
+
+
+def test_prediction_ids_are_unique_within_and_across_requests(http, served) -> None:
+    payload = {"records": _records(served.credit_rows)}
+    ids = []
+    for _ in range(3):
+        predictions = http.post("/v1/predict/credit", json=payload).json()["predictions"]
+        ids += [p["prediction_id"] for p in predictions]
+    assert all(isinstance(i, str) and i for i in ids)
+    assert len(set(ids)) == len(ids) == 3 * len(served.credit_rows)
+
+
+def test_predict_texts(http, served) -> None:
+    response = http.post("/v1/predict/sentiment", json={"texts": TEXTS})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == served.sentiment.predict(TEXTS).tolist()
+    np.testing.assert_allclose(
+        _proba(predictions, ["negative", "positive"]),
+        served.sentiment.predict_proba(TEXTS),
+        atol=1e-5,
+    )
+    ids = [p["prediction_id"] for p in predictions]
+    assert len(set(ids)) == len(TEXTS)
+
+
+def test_predict_records_for_a_text_model(http, served) -> None:
+    response = http.post("/v1/predict/sentiment", json={"records": [{"text": TEXTS[0]}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == served.sentiment.predict(TEXTS[:1])[0]
+
+
+@pytest.mark.parametrize(
+    ("ref", "version"),
+    [
+        ("credit", 1),  # a bare name serves the production alias
+        ("credit/1", 1),
+        ("credit/2", 2),
+        ("credit@production", 1),
+        ("credit@staging", 2),
+        ("credit@latest", 2),
+        ("numeric", 2),  # no production alias: the newest version
+        ("numeric/1", 1),
+    ],
+)
+def test_reference_forms(http, served, ref: str, version: int) -> None:
+    name = ref.split("/")[0].split("@")[0]
+    rows = served.credit_rows if name == "credit" else served.numeric_rows
+    response = http.post(f"/v1/predict/{ref}", json={"records": _records(rows)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == name
+    assert body["version"] == version
+    if name == "credit":
+        model = served.credit_v1 if version == 1 else served.credit_v2
+        classes = ["no", "yes"]
+    else:
+        model = served.numeric if version == 2 else None
+        classes = ["0", "1"]
+    assert [set(p["probabilities"]) for p in body["predictions"]] == [set(classes)] * len(rows)
+    if model is not None:
+        np.testing.assert_allclose(
+            _proba(body["predictions"], classes), model.predict_proba(rows), rtol=1e-12
+        )
+
+
+def test_int_labels_come_back_as_ints(http, served) -> None:
+    body = http.post("/v1/predict/numeric", json={"records": _records(served.numeric_rows)}).json()
+    labels = [p["label"] for p in body["predictions"]]
+    assert labels == served.numeric.predict(served.numeric_rows).tolist()
+    assert all(type(label) is int for label in labels)
+
+
+def test_a_record_with_features_in_any_order(http, served) -> None:
+    row = _records(served.credit_rows.head(1))[0]
+    shuffled = dict(reversed(list(row.items())))
+    body = http.post("/v1/predict/credit", json={"records": [shuffled]}).json()
+    np.testing.assert_allclose(
+        _proba(body["predictions"], ["no", "yes"]),
+        served.credit_v1.predict_proba(served.credit_rows.head(1)),
+        rtol=1e-12,
+    )
+
+
+# -- unit ids reach the prediction records -----------------------------------------------------
+
+
+def _wait_for_records(home, model: str, ids: set[str], timeout: float = 20.0) -> list[dict]:
+    """The writer flushes every couple of seconds, off the request path: poll for our rows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = read_records(home / "records", model).to_pylist()
+        found = [r for r in rows if r["prediction_id"] in ids]
+        if len(found) == len(ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def _units(rows: list[dict]) -> dict[str, str | None]:
+    return {r["prediction_id"]: r["unit_id"] for r in rows}
+
+
+def test_unit_id_from_header_and_from_body_is_recorded(http, served) -> None:
+    one = {"records": _records(served.credit_rows.head(1))}
+    by_header = http.post("/v1/predict/credit", json=one, headers={"X-Berth-Unit": "user-h"})
+    by_body = http.post("/v1/predict/credit", json={**one, "unit_id": "user-b"})
+    # Both given: the request body is the more specific one.
+    both = http.post(
+        "/v1/predict/credit", json={**one, "unit_id": "user-both"}, headers={"X-Berth-Unit": "hdr"}
+    )
+    texts = http.post("/v1/predict/sentiment", json={"texts": TEXTS[:1], "unit_id": "user-t"})
+    none = http.post("/v1/predict/credit", json=one)
+    for r in (by_header, by_body, both, texts, none):
+        assert r.status_code == 200, r.text
+    pid = {
+        name: r.json()["predictions"][0]["prediction_id"]
+        for name, r in [("header", by_header), ("body", by_body), ("both", both), ("none", none)]
+    }
+    credit = _wait_for_records(served.home, "credit", set(pid.values()))
+    units = _units(credit)
+    assert units[pid["header"]] == "user-h"
+    assert units[pid["body"]] == "user-b"
+    assert units[pid["both"]] == "user-both"
+    assert units[pid["none"]] is None
+    text_id = texts.json()["predictions"][0]["prediction_id"]
+    sentiment = _wait_for_records(served.home, "sentiment", {text_id})
+    assert [r["unit_id"] for r in sentiment] == ["user-t"]
+
+
+def test_oip_unit_id_from_parameters_and_header_is_recorded(http, served) -> None:
+    rows = served.credit_rows.head(1)
+    by_param = http.post(
+        "/v2/models/credit/infer",
+        json={"parameters": {"unit_id": "oip-p"}, "inputs": credit_tensors(rows)},
+    )
+    by_header = http.post(
+        "/v2/models/credit/infer",
+        json={"inputs": credit_tensors(rows)},
+        headers={"X-Berth-Unit": "oip-h"},
+    )
+    pids = [r.json()["parameters"]["prediction_ids"][0] for r in (by_param, by_header)]
+    found = _wait_for_records(served.home, "credit", set(pids))
+    assert _units(found) == {pids[0]: "oip-p", pids[1]: "oip-h"}
+
+
+def test_records_hold_the_version_and_mode(http, served) -> None:
+    body = http.post("/v1/predict/credit/2", json={"records": _records(served.credit_rows)}).json()
+    ids = {p["prediction_id"] for p in body["predictions"]}
+    found = _wait_for_records(served.home, "credit", ids)
+    assert len(found) == len(ids)
+    assert {r["version"] for r in found} == {2}
+    assert {r["mode"] for r in found} == {"realtime"}
+    assert {r["model"] for r in found} == {"credit"}
+    assert all(r["latency_ms"] > 0 for r in found)
+
+
+# -- /v1/models --------------------------------------------------------------------------------
+
+
+def test_models_lists_every_model_with_aliases_and_load_states(http, served) -> None:
+    # Load numeric/2 (lazily, on first use) before asking.
+    first = http.post("/v1/predict/numeric", json={"records": _records(served.numeric_rows)})
+    assert first.status_code == 200, first.text
+    response = http.get("/v1/models")
+    assert response.status_code == 200
+    models = {m["name"]: m for m in response.json()["models"]}
+    assert set(models) == {"credit", "numeric", "sentiment"}
+    credit = models["credit"]
+    assert credit["versions"] == 2
+    assert credit["latest"] == 2
+    assert credit["aliases"] == {"production": 1, "staging": 2}
+    assert credit["loaded"] == {"1": "ready", "2": "ready"}
+    assert models["sentiment"]["loaded"] == {"1": "ready"}
+    assert models["numeric"]["aliases"] == {}
+    assert models["numeric"]["loaded"].get("2") == "ready"
+
+
+def test_openapi_documents_both_apis(http) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    assert "/v1/predict/{ref}" in paths
+    assert "/v2/models/{name}/infer" in paths
+    assert "/v2/models/{name}/versions/{version}/infer" in paths
+    body = paths["/v1/predict/{ref}"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["schema"]["properties"]) >= {"records", "texts", "unit_id"}
