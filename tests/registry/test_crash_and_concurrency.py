@@ -184,6 +184,7 @@ def test_gc_removes_what_a_killed_registration_left(client: Berth, home: Path) -
     finally:
         lock.close()
     orphan = next(iter(client.store.digests()))
+
     class Other(SumModel):  # different bytes, so a different artifact
         pass
 

@@ -273,9 +273,7 @@ def split_binary_response(response: httpx.Response) -> tuple[dict, dict[str, np.
                 pos += 4 + n
             arrays[out["name"]] = np.array(items, dtype=object).reshape(out["shape"])
         else:
-            dtype = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}[
-                out["datatype"]
-            ]
+            dtype = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}[out["datatype"]]
             arrays[out["name"]] = np.frombuffer(raw, dtype=dtype).reshape(out["shape"])
     assert offset == len(blob), "the response declares fewer binary bytes than it carries"
     return head, arrays

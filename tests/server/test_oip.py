@@ -11,7 +11,6 @@ import time
 import numpy as np
 import orjson
 import pytest
-
 from tests.server.conftest import (
     CREDIT_DTYPES,
     CREDIT_FEATURES,
@@ -186,8 +185,7 @@ def test_infer_flat_data_for_a_2d_shape(http, served) -> None:
     # The protocol allows row-major flat data for any shape.
     rows = served.credit_rows
     inputs = [
-        tensor(f, CREDIT_DTYPES[f], rows[f].tolist(), shape=[len(rows), 1])
-        for f in CREDIT_FEATURES
+        tensor(f, CREDIT_DTYPES[f], rows[f].tolist(), shape=[len(rows), 1]) for f in CREDIT_FEATURES
     ]
     response = http.post("/v2/models/credit/infer", json={"inputs": inputs})
     assert response.status_code == 200, response.text

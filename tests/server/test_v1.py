@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from tests.server.conftest import TEXTS, credit_tensors
 
 from berth.runtime.records import read_records
-from tests.server.conftest import TEXTS, credit_tensors
 
 pytestmark = pytest.mark.text  # the module's app serves the MiniLM sentiment model
 
@@ -130,73 +130,87 @@ def test_a_record_with_features_in_any_order(http, served) -> None:
 # -- unit ids reach the prediction records -----------------------------------------------------
 
 
-def _wait_for_records(home, model: str, ids: set[str], timeout: float = 20.0) -> list[dict]:
-    """The writer flushes every couple of seconds, off the request path: poll for our rows."""
+def _wait_for_records(home, ids: dict[str, set[str]], timeout: float = 20.0) -> dict[str, dict]:
+    """The writer flushes every couple of seconds, off the request path: poll until every id
+    (per model) is on disk; returns the rows by prediction id."""
     deadline = time.monotonic() + timeout
+    wanted = sum(len(v) for v in ids.values())
     while True:
-        rows = read_records(home / "records", model).to_pylist()
-        found = [r for r in rows if r["prediction_id"] in ids]
-        if len(found) == len(ids) or time.monotonic() > deadline:
+        found = {
+            r["prediction_id"]: r
+            for model, pids in ids.items()
+            for r in read_records(home / "records", model).to_pylist()
+            if r["prediction_id"] in pids
+        }
+        if len(found) == wanted or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
 
 
-def _units(rows: list[dict]) -> dict[str, str | None]:
-    return {r["prediction_id"]: r["unit_id"] for r in rows}
-
-
-def test_unit_id_from_header_and_from_body_is_recorded(http, served) -> None:
+@pytest.fixture(scope="module")
+def recorded(http, served) -> dict[str, dict]:
+    """Requests with and without unit ids, on both APIs; their records, by the request's role
+    (each request predicts one row)."""
     one = {"records": _records(served.credit_rows.head(1))}
-    by_header = http.post("/v1/predict/credit", json=one, headers={"X-Berth-Unit": "user-h"})
-    by_body = http.post("/v1/predict/credit", json={**one, "unit_id": "user-b"})
-    # Both given: the request body is the more specific one.
-    both = http.post(
-        "/v1/predict/credit", json={**one, "unit_id": "user-both"}, headers={"X-Berth-Unit": "hdr"}
-    )
-    texts = http.post("/v1/predict/sentiment", json={"texts": TEXTS[:1], "unit_id": "user-t"})
-    none = http.post("/v1/predict/credit", json=one)
-    for r in (by_header, by_body, both, texts, none):
-        assert r.status_code == 200, r.text
-    pid = {
-        name: r.json()["predictions"][0]["prediction_id"]
-        for name, r in [("header", by_header), ("body", by_body), ("both", both), ("none", none)]
+    tensors = credit_tensors(served.credit_rows.head(1))
+    sent = {
+        "v1-header": http.post("/v1/predict/credit", json=one, headers={"X-Berth-Unit": "v1-h"}),
+        "v1-body": http.post("/v1/predict/credit", json={**one, "unit_id": "v1-b"}),
+        # Both given: the body (a decoded unit id) is the more specific one and wins.
+        "v1-both": http.post(
+            "/v1/predict/credit", json={**one, "unit_id": "v1-both"}, headers={"X-Berth-Unit": "h"}
+        ),
+        "v1-none": http.post("/v1/predict/credit", json=one),
+        "v1-text": http.post("/v1/predict/sentiment", json={"texts": TEXTS[:1], "unit_id": "t"}),
+        "v1-version-2": http.post("/v1/predict/credit/2", json=one),
+        "oip-parameter": http.post(
+            "/v2/models/credit/infer",
+            json={"parameters": {"unit_id": "oip-p"}, "inputs": tensors},
+        ),
+        "oip-header": http.post(
+            "/v2/models/credit/infer", json={"inputs": tensors}, headers={"X-Berth-Unit": "oip-h"}
+        ),
     }
-    credit = _wait_for_records(served.home, "credit", set(pid.values()))
-    units = _units(credit)
-    assert units[pid["header"]] == "user-h"
-    assert units[pid["body"]] == "user-b"
-    assert units[pid["both"]] == "user-both"
-    assert units[pid["none"]] is None
-    text_id = texts.json()["predictions"][0]["prediction_id"]
-    sentiment = _wait_for_records(served.home, "sentiment", {text_id})
-    assert [r["unit_id"] for r in sentiment] == ["user-t"]
+    ids: dict[str, str] = {}
+    for role, response in sent.items():
+        assert response.status_code == 200, (role, response.text)
+        body = response.json()
+        if role.startswith("v1"):
+            ids[role] = body["predictions"][0]["prediction_id"]
+        else:
+            ids[role] = body["parameters"]["prediction_ids"][0]
+    by_model = {
+        "credit": {pid for role, pid in ids.items() if role != "v1-text"},
+        "sentiment": {ids["v1-text"]},
+    }
+    rows = _wait_for_records(served.home, by_model)
+    return {role: rows.get(pid, {}) for role, pid in ids.items()}
 
 
-def test_oip_unit_id_from_parameters_and_header_is_recorded(http, served) -> None:
-    rows = served.credit_rows.head(1)
-    by_param = http.post(
-        "/v2/models/credit/infer",
-        json={"parameters": {"unit_id": "oip-p"}, "inputs": credit_tensors(rows)},
-    )
-    by_header = http.post(
-        "/v2/models/credit/infer",
-        json={"inputs": credit_tensors(rows)},
-        headers={"X-Berth-Unit": "oip-h"},
-    )
-    pids = [r.json()["parameters"]["prediction_ids"][0] for r in (by_param, by_header)]
-    found = _wait_for_records(served.home, "credit", set(pids))
-    assert _units(found) == {pids[0]: "oip-p", pids[1]: "oip-h"}
+@pytest.mark.parametrize(
+    ("role", "unit"),
+    [
+        ("v1-header", "v1-h"),
+        ("v1-body", "v1-b"),
+        ("v1-both", "v1-both"),
+        ("v1-none", None),
+        ("v1-text", "t"),
+        ("oip-parameter", "oip-p"),
+        ("oip-header", "oip-h"),
+    ],
+)
+def test_unit_id_is_recorded(recorded, role: str, unit: str | None) -> None:
+    assert recorded[role], f"no prediction record for {role}"
+    assert recorded[role]["unit_id"] == unit
 
 
-def test_records_hold_the_version_and_mode(http, served) -> None:
-    body = http.post("/v1/predict/credit/2", json={"records": _records(served.credit_rows)}).json()
-    ids = {p["prediction_id"] for p in body["predictions"]}
-    found = _wait_for_records(served.home, "credit", ids)
-    assert len(found) == len(ids)
-    assert {r["version"] for r in found} == {2}
-    assert {r["mode"] for r in found} == {"realtime"}
-    assert {r["model"] for r in found} == {"credit"}
-    assert all(r["latency_ms"] > 0 for r in found)
+def test_records_hold_model_version_mode_and_latency(recorded) -> None:
+    assert recorded["v1-version-2"]["version"] == 2
+    assert recorded["v1-none"]["version"] == 1
+    assert recorded["v1-text"]["model"] == "sentiment"
+    for row in recorded.values():
+        assert row["mode"] == "realtime"
+        assert row["latency_ms"] > 0
 
 
 # -- /v1/models --------------------------------------------------------------------------------

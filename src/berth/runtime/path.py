@@ -288,6 +288,7 @@ class ModelPool:
     async def refresh(self) -> None:
         """Apply alias moves: load the new target first, then switch, then unload the old."""
         current = await asyncio.to_thread(self._alias_routes)
+        left: set[tuple[str, int]] = set()
         for key, version in current.items():
             before = self.routes.get(key)
             if before == version:
@@ -299,13 +300,17 @@ class ModelPool:
                 continue
             self.routes[key] = version  # the switch: one dict assignment, atomic for requests
             log.info("alias %s@%s switched %s -> %s", key[0], key[1], before, version)
+            if before is not None:
+                left.add((key[0], before))
         for key in [k for k in self.routes if k not in current]:
-            del self.routes[key]
-        await self._unload_unrouted()
+            left.add((key[0], self.routes.pop(key)))
+        await self._unload(left)
 
-    async def _unload_unrouted(self) -> None:
+    async def _unload(self, candidates: set[tuple[str, int]]) -> None:
+        """Unload versions an alias just moved away from, unless another alias still points at
+        them. Versions asked for by number stay loaded."""
         routed = {(name, v) for (name, _), v in self.routes.items()}
-        for key in [k for k in self.served if k not in routed]:
+        for key in [k for k in candidates - routed if k in self.served]:
             served = self.served.pop(key)
             self.states.pop(key, None)
             await served.close()

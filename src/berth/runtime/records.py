@@ -14,6 +14,7 @@ writes one file per group every ``flush_interval_s``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import threading
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from berth.errors import InvalidInputError
+
+log = logging.getLogger("berth.records")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,11 +104,16 @@ class RecordWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, then stop the thread."""
-        if self._thread is None:
+        thread, self._thread = self._thread, None
+        if thread is None or not thread.is_alive():
+            self.flush_now()
             return
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        self._thread = None
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.error("the record writer is stuck; %d batches were not written", self.depth)
+            return
+        thread.join(timeout)
 
     def flush_now(self) -> None:
         """Write what is queued from the calling thread (tests, batch jobs, shutdown)."""
@@ -115,7 +123,7 @@ class RecordWriter:
                 item = self._queue.get_nowait()
                 if item is not _STOP:
                     pending.append(item)
-        self._write(pending)
+        self._write_safely(pending)
 
     def _run(self) -> None:
         pending: list[RecordBatch] = []
@@ -127,14 +135,27 @@ class RecordWriter:
             except queue.Empty:
                 item = None
             if item is _STOP:
-                self._write(pending)
+                self._write_safely(pending)
                 return
             if item is not None:
                 pending.append(item)
             if time.monotonic() >= deadline:
-                self._write(pending)
+                self._write_safely(pending)
                 pending = []
                 deadline = time.monotonic() + self.limits.flush_interval_s
+
+    def _write_safely(self, batches: list[RecordBatch]) -> None:
+        """A failed write (disk full, permissions) loses those records, counted as dropped, and
+        never the writer thread: predictions go on and later writes may succeed."""
+        try:
+            self._write(batches)
+        except Exception:
+            rows = sum(len(b.prediction_ids) for b in batches)
+            log.exception("writing %d prediction records failed", rows)
+            with self._lock:
+                self.dropped += rows
+            if self._on_drop is not None:
+                self._on_drop(rows)
 
     def _write(self, batches: list[RecordBatch]) -> None:
         if not batches:
@@ -219,13 +240,20 @@ def read_records(
     folder = root / f"model={model}"
     if not folder.is_dir():
         return pa.table({})
-    dataset = ds.dataset(
-        folder,
-        format="parquet",
-        partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
-        exclude_invalid_files=False,
-        ignore_prefixes=[".", "_"],
+    options: dict[str, Any] = {
+        "format": "parquet",
+        "partitioning": ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
+        "ignore_prefixes": [".", "_"],
+    }
+    files = ds.dataset(folder, **options)
+    # Versions differ in features and outputs: read with the union of every file's columns.
+    schemas = [fragment.physical_schema for fragment in files.get_fragments()]
+    if not schemas:
+        return pa.table({})
+    schema = pa.unify_schemas(
+        [*schemas, pa.schema([("date", pa.string())])], promote_options="permissive"
     )
+    dataset = ds.dataset(folder, schema=schema, **options)
     condition = None
     for clause in _filters(version, since, until):
         condition = clause if condition is None else condition & clause
@@ -254,7 +282,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now - timedelta(**{units[text[-1]]: float(text[:-1])})
+        try:
+            return now - timedelta(**{units[text[-1]]: float(text[:-1])})
+        except OverflowError:
+            raise InvalidInputError(f"time {text!r} reaches past the calendar") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
