@@ -63,6 +63,8 @@ ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "PYTHONUNBUFFERED": "1",
 }
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    ENV.pop(_name, None)  # thread counts are set on purpose below, not inherited
 CPUS = os.cpu_count() or 1
 TORCH_THREADS = max(1, CPUS)  # berth serve's default with one worker: the cores / workers
 
@@ -101,6 +103,16 @@ def other_load(seconds: float = 2.0) -> float:
     return (cpu_busy_ticks() - before) / HZ / seconds
 
 
+def settle(pid: int, timeout_s: float = 30.0) -> None:
+    """Wait until a server is idle (under 5% of a core over 0.2 s)."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        before = process_ticks(pid)
+        time.sleep(0.2)
+        if (process_ticks(pid) - before) / HZ / 0.2 < 0.05:
+            return
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -119,6 +131,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -130,7 +143,9 @@ class Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("wb")  # a file, never a pipe: a full pipe would stall the server
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV)
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**ENV, **self.env}
+        )
         out.close()
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -173,9 +188,11 @@ class Server:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-def berth_server(home: Path, logs: Path, name: str, *extra: str) -> Server:
+def berth_server(
+    home: Path, logs: Path, name: str, *extra: str, env: dict[str, str] | None = None
+) -> Server:
     cmd = [str(BIN / "berth"), "--home", str(home), "serve", "--port", "{port}", "--threads", "1"]
-    return Server(name, [*cmd, *extra], logs / f"{name}.log")
+    return Server(name, [*cmd, *extra], logs / f"{name}.log", env=env or {})
 
 
 def minimal_server(home: Path, logs: Path) -> Server:
@@ -219,6 +236,7 @@ def measure(load: Load, connections: int, args: argparse.Namespace, round_: int)
     assert server.proc is not None
     url = f"{server.base}{load.path}"
     run_wrk(url, connections, args.warmup, load.bodies)
+    settle(server.proc.pid)  # requests the warm-up left queued must not count in the timed run
     busy0, server0, wrk0 = cpu_busy_ticks(), process_ticks(server.proc.pid), children_cpu_s()
     load0, t0 = loadavg(), time.perf_counter()
     stats = run_wrk(url, connections, args.duration, load.bodies)
@@ -295,11 +313,8 @@ def timed_calls(
 
 
 def floor_credit(home: Path, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    import orjson
-    import pandas as pd
-
     import berth
-    from berth.runtime.codecs import to_frame, to_records
+    from berth.runtime.codecs import to_frame
     from berth.runtime.validation import validate
 
     loaded = berth.connect(home=home).load("credit-risk@production")
@@ -308,37 +323,59 @@ def floor_credit(home: Path, records: list[dict[str, Any]], seconds: float) -> d
     sig, model = loaded.signature, predictor.model  # the scikit-learn Pipeline
     singles = [validate(sig, to_frame({"records": [r]}, sig)) for r in records]
     batch = validate(sig, to_frame({"records": records[:BATCH]}, sig))
-    bodies = [orjson.dumps({"records": [r]}) for r in records]
     n = len(records)
-
-    def decode(i: int) -> Any:
-        return to_frame(orjson.loads(bodies[i % n]), sig)
-
-    raw = [decode(i) for i in range(n)]
-    outputs = [loaded.predict_validated(f) for f in singles]
     out: dict[str, Any] = {
         "unbatched": timed_calls(lambda i: model.predict_proba(singles[i % n]), seconds),
         "batched_32": timed_calls(lambda i: model.predict_proba(batch), seconds),
     }
     out["batched_32"]["rows_per_s"] = out["batched_32"]["calls_per_s"] * BATCH
-    # Where one request's time goes outside HTTP, step by step (medians, one row):
-    quick = seconds / 2
-    out["steps_one_row"] = {
-        "minimal_app_work (json + DataFrame + predict_proba)": timed_calls(
-            lambda i: model.predict_proba(pd.DataFrame(json.loads(bodies[i % n])["records"])),
-            quick,
-        ),
-        "berth decode (orjson + to_frame)": timed_calls(decode, quick),
-        "berth validate": timed_calls(lambda i: validate(sig, raw[i % n]), quick),
-        "berth predict_validated (predict_proba + argmax + checks)": timed_calls(
-            lambda i: loaded.predict_validated(singles[i % n]), quick
-        ),
-        "berth to_records": timed_calls(lambda i: to_records(outputs[i % n], sig), quick),
-        "berth LoadedModel.predict (decode + validate + predict)": timed_calls(
-            lambda i: loaded.predict(orjson.loads(bodies[i % n])), quick
-        ),
-    }
+    try:
+        out["steps_one_row"] = credit_steps(loaded, model, records, seconds / 2)
+    except Exception as exc:  # Berth's internals move; the floor above must not depend on them
+        out["steps_one_row_error"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+def credit_steps(
+    loaded: Any, model: Any, records: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """Where one request's time goes outside HTTP, step by step, one row per call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
+    import pandas as pd
+
+    from berth.runtime import codecs
+    from berth.runtime.validation import validate
+
+    sig = loaded.signature
+    decoder = getattr(codecs, "to_columns", codecs.to_frame)  # what /v1/predict uses
+    bodies = [orjson.dumps({"records": [r]}) for r in records]
+    n = len(records)
+
+    def decode(i: int) -> Any:
+        return decoder(orjson.loads(bodies[i % n]), sig)
+
+    raw = [decode(i) for i in range(n)]
+    singles = [validate(sig, r) for r in raw]
+    outputs = [loaded.predict_validated(f) for f in singles]
+    with ThreadPoolExecutor(1) as fresh:  # OpenMP thread limits are per thread: a new one has none
+        fresh_thread = fresh.submit(
+            timed_calls, lambda i: model.predict_proba(singles[i % n]), seconds
+        ).result()
+    return {
+        "minimal app's work (json + DataFrame + predict_proba)": timed_calls(
+            lambda i: model.predict_proba(pd.DataFrame(json.loads(bodies[i % n])["records"])),
+            seconds,
+        ),
+        f"berth decode (orjson + {decoder.__name__})": timed_calls(decode, seconds),
+        "berth validate": timed_calls(lambda i: validate(sig, raw[i % n]), seconds),
+        "berth predict_validated (predict_proba + argmax + checks)": timed_calls(
+            lambda i: loaded.predict_validated(singles[i % n]), seconds
+        ),
+        "berth to_records": timed_calls(lambda i: codecs.to_records(outputs[i % n], sig), seconds),
+        "predict_proba in a new thread, no threadpoolctl limit there": fresh_thread,
+    }
 
 
 def floor_sentiment(home: Path, sentences: list[str], seconds: float) -> dict[str, Any]:
@@ -435,6 +472,9 @@ def build_summary(loads: list[Load], floor: dict[str, Any]) -> dict[str, Any]:
         )
         ratios[f"credit-risk Berth (records off, access log off) / minimal app, c={c}"] = ratio(
             rps("credit-risk", BERTH_NO_RECORDS, c), rps("credit-risk", MINIMAL, c)
+        )
+        ratios[f"credit-risk Berth (records on) with OMP_NUM_THREADS=1 / minimal app, c={c}"] = (
+            ratio(rps("credit-risk", BERTH_OMP1, c), rps("credit-risk", MINIMAL, c))
         )
         ratios[f"credit-risk server CPU per request, Berth default / minimal app, c={c}"] = ratio(
             cpu("credit-risk", BERTH_DEFAULT, c), cpu("credit-risk", MINIMAL, c)
@@ -536,8 +576,10 @@ def markdown(results: dict[str, Any], loads: list[Load]) -> str:
                 "| step | p50 ms |",
                 "|---|---:|",
             ]
-            for step, t in f["steps_one_row"].items():
+            for step, t in f.get("steps_one_row", {}).items():
                 lines.append(f"| {step} | {t['p50_ms']:.3f} |")
+            if "steps_one_row_error" in f:
+                lines.append(f"| (failed: {f['steps_one_row_error']}) | - |")
             lines.append("")
     lines += ["## Ratios", "", "| ratio | value |", "|---|---:|"]
     for name, value in results["summary"]["ratios"].items():
@@ -556,6 +598,7 @@ BERTH_DEFAULT = "Berth (records on, access log off)"
 BERTH_ACCESS = "Berth (records on, access log on)"
 BERTH_NO_RECORDS = "Berth (records off, access log off)"
 BERTH_NO_BATCH = "Berth, batching off (records on)"
+BERTH_OMP1 = "Berth (records on, access log off), OMP_NUM_THREADS=1"
 
 
 def main() -> int:
@@ -625,6 +668,11 @@ def main() -> int:
         "berth-no-batching": berth_server(
             home, logs, "berth-no-batching", "--no-access-log", "--config", str(no_batching)
         ),
+        # A diagnosis, not a setting users need: OMP_NUM_THREADS=1 sets the process-wide OpenMP
+        # default, which the predict thread inherits (threadpoolctl's limit is per thread).
+        "berth-omp1": berth_server(
+            home, logs, "berth-omp1", "--no-access-log", env={"OMP_NUM_THREADS": "1"}
+        ),
         "minimal": minimal_server(home, logs),
     }
     credit_path, text_path = "/v1/predict/credit-risk", "/v1/predict/sentiment"
@@ -639,6 +687,7 @@ def main() -> int:
             credit_path,
             credit_bodies,
         ),
+        Load("credit-risk", BERTH_OMP1, servers["berth-omp1"], credit_path, credit_bodies),
         Load("sentiment", MINIMAL, servers["minimal"], text_path, text_bodies),
         Load("sentiment", BERTH_DEFAULT, servers["berth"], text_path, text_bodies),
         Load("sentiment", BERTH_NO_BATCH, servers["berth-no-batching"], text_path, text_bodies),

@@ -159,9 +159,12 @@ class Http:
     lifespan) lives in an anyio portal thread, so module-scoped apps serve sync tests and
     hypothesis examples alike."""
 
-    def __init__(self, portal: BlockingPortal, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, portal: BlockingPortal, client: httpx.AsyncClient, home: Path | None = None
+    ) -> None:
         self.portal = portal
         self.client = client
+        self.home = home  # the Berth home served, for tests that change it under the server
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return self.portal.call(functools.partial(self.client.request, method, url, **kwargs))
@@ -174,12 +177,12 @@ class Http:
 
 
 @contextlib.contextmanager
-def in_process(app: Any) -> Iterator[Http]:
+def in_process(app: Any, home: Path | None = None) -> Iterator[Http]:
     with (
         start_blocking_portal("asyncio") as portal,
         portal.wrap_async_context_manager(asgi_client(app)) as client,
     ):
-        yield Http(portal, client)
+        yield Http(portal, client, home)
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +191,8 @@ def app(served: Served) -> Any:
 
 
 @pytest.fixture(scope="module")
-def http(app: Any) -> Iterator[Http]:
-    with in_process(app) as client:
+def http(app: Any, served: Served) -> Iterator[Http]:
+    with in_process(app, served.home) as client:
         yield client
 
 

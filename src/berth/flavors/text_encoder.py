@@ -68,11 +68,9 @@ class TransformerEncoder:
     def encode(self, texts: list[str], batch_size: int = 64) -> npt.NDArray[np.float32]:
         if not texts:
             return np.empty((0, int(self.model.config.hidden_size)), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
         with self.torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in length_groups(texts, batch_size):
                 out[rows] = self._batch([texts[i] for i in rows])
         return out
 
@@ -96,6 +94,25 @@ class TransformerEncoder:
         if self.config.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.float().numpy()  # type: ignore[no-any-return]
+
+
+def length_groups(texts: list[str], batch_size: int, spread: float = 2.0) -> list[list[int]]:
+    """Row numbers grouped by length, longest first: a group closes when it is full or when the
+    next text is over ``spread`` times shorter than the group's longest, since every text in a
+    group is padded to that one."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (
+            len(current) >= batch_size or len(texts[i]) * spread < len(texts[current[0]])
+        ):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _import(module: str) -> Any:
