@@ -33,7 +33,7 @@ def parse_reference(ref: str) -> Reference:
     if "/" in ref:
         name, _, version = ref.partition("/")
         check_model_name(name, ref)
-        if not version.isdigit() or int(version) < 1:
+        if not is_number(version) or int(version) < 1:
             raise InvalidReferenceError(ref, f"version {version!r} is not a positive integer")
         return Reference(name, version=int(version))
     if "@" in ref:
@@ -43,6 +43,11 @@ def parse_reference(ref: str) -> Reference:
         return Reference(name, alias=alias)
     check_model_name(ref, ref)
     return Reference(ref, alias=LATEST)
+
+
+def is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts characters like '²' that ``int`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def check_model_name(name: str, ref: str | None = None) -> str:

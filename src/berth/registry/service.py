@@ -35,6 +35,7 @@ from berth.registry.signature import Signature
 from berth.registry.tables import AliasRow, AuditRow, ModelRow, ProfileRow, VersionRow, utcnow
 
 _RETRIES = 5
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -375,9 +376,11 @@ def _model(s: Session, name: str) -> ModelRow:
 
 
 def _version_row(s: Session, model: ModelRow, version: int) -> VersionRow:
-    row = s.scalar(
-        select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == version)
-    )
+    row = None
+    if 0 < version <= MAX_VERSION:  # beyond the column's range no row can match
+        row = s.scalar(
+            select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == version)
+        )
     if row is None:
         known = s.scalars(
             select(VersionRow.version)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from berth.errors import InvalidInputError
+from berth.errors import InvalidInputError, SchemaError
 from berth.registry.signature import TEXT_INPUT, Signature
 from berth.types import Outputs
 
@@ -66,6 +66,8 @@ def _records(records: Any) -> Columns:
     names: dict[str, None] = {}
     for record in records:
         names.update(dict.fromkeys(map(str, record)))
+    if records and not names:
+        raise SchemaError("the records are empty objects: they hold no features")
     return {name: column([r.get(name) for r in records]) for name in names}
 
 

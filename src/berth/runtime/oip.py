@@ -40,8 +40,8 @@ class OipRequest:
     frame: Columns
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    outputs: list[tuple[str, bool]] | None = None
-    """Requested outputs with whether each wants binary data; None means all, as JSON."""
+    outputs: list[tuple[str, bool]] = field(default_factory=list)
+    """Requested outputs with whether each wants binary data; empty means every output."""
 
 
 def decode(body: bytes, header_length: int | None, signature: Signature) -> OipRequest:
@@ -80,7 +80,7 @@ def decode(body: bytes, header_length: int | None, signature: Signature) -> OipR
         frame=_frame(arrays, signature),
         id=request_id,
         parameters=parameters,
-        outputs=_requested(doc.get("outputs"), parameters),
+        outputs=_requested(doc.get("outputs"), parameters, signature),
     )
 
 
@@ -212,15 +212,27 @@ def _column(name: str, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     )
 
 
-def _requested(value: Any, parameters: dict[str, Any]) -> list[tuple[str, bool]] | None:
+def _requested(
+    value: Any, parameters: dict[str, Any], signature: Signature
+) -> list[tuple[str, bool]]:
+    """The outputs to send and whether each goes as binary data. Checked before predicting, so
+    a request for an unknown output is refused without a prediction being made and recorded."""
+    every = parameters.get("binary_data_output", False) is True
+    declared = [o.name for o in signature.outputs]
     if value is None:
-        return None
+        return [(name, every) for name in declared]
     if not isinstance(value, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in value
     ):
         raise InvalidInputError("'outputs' must be a list of objects with a 'name'")
-    every = bool(parameters.get("binary_data_output", False))
-    return [(o["name"], bool((o.get("parameters") or {}).get("binary_data", every))) for o in value]
+    wanted = []
+    for o in value:
+        if declared and o["name"] not in declared:
+            raise InvalidInputError(f"unknown output {o['name']!r}; outputs: {', '.join(declared)}")
+        params = o.get("parameters")
+        binary = params.get("binary_data", every) if isinstance(params, dict) else every
+        wanted.append((o["name"], binary is True))
+    return wanted
 
 
 def encode(
@@ -230,7 +242,7 @@ def encode(
     request_id: str,
     outputs: Outputs,
     signature: Signature,
-    requested: list[tuple[str, bool]] | None,
+    requested: list[tuple[str, bool]],
     prediction_ids: list[str],
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensors follow it."""

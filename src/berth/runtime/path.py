@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from berth.errors import (
     BerthError,
     InvalidInputError,
+    NotFoundError,
     UnavailableError,
-    VersionNotFoundError,
 )
-from berth.registry.references import LATEST, Reference, check_alias
+from berth.registry.references import LATEST, Reference, check_alias, is_number
 from berth.runtime.batching import TEXT_DEFAULT, BatchingConfig, MicroBatcher
 from berth.runtime.loading import LoadedModel, load_version
 from berth.runtime.records import RecordBatch, RecordWriter
@@ -185,12 +185,17 @@ class ModelPool:
     async def get(self, name: str, selector: str | None) -> ServedModel:
         """The served version for ``name`` and a version number, an alias, or None (the
         ``production`` alias if there is one, else the newest version)."""
-        number = await self._route(name, selector)
+        number = await self.route(name, selector)
         return await self._ensure(name, number)
 
-    async def _route(self, name: str, selector: str | None) -> int:
-        if selector is not None and selector.isdigit():
-            return int(selector)
+    async def route(self, name: str, selector: str | None) -> int:
+        """The version number a request for ``name`` and ``selector`` goes to; NotFoundError
+        when there is no such model, version or alias."""
+        if selector is not None and is_number(selector):
+            number = int(selector)
+            if (name, number) not in self.served:
+                await asyncio.to_thread(self.registry.resolve, Reference(name, version=number))
+            return number
         if selector is not None and selector != LATEST:
             check_alias(selector)
         alias = selector or DEFAULT_ALIAS
@@ -224,8 +229,8 @@ class ModelPool:
         key = (name, version)
         try:
             loaded = await asyncio.to_thread(self._load_blocking, name, version)
-        except VersionNotFoundError:
-            self.states.pop(key, None)
+        except (NotFoundError, InvalidInputError):
+            self.states.pop(key, None)  # the request's mistake, not the version's: keep no state
             raise
         except BerthError as exc:
             self.states[key] = LoadState("failed", str(exc))

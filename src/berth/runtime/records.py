@@ -281,7 +281,8 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """``30m``, ``1h``, ``2d`` ago, or an ISO-8601 time."""
     now = now or datetime.now(UTC)
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+    amount = text[:-1].replace(".", "", 1)
+    if text[-1:] in units and amount.isascii() and amount.isdigit():
         try:
             return now - timedelta(**{units[text[-1]]: float(text[:-1])})
         except OverflowError:

@@ -47,7 +47,7 @@ def validate(signature: Signature, data: pd.DataFrame | Mapping[str, Array]) -> 
         def array(name: str) -> Array:
             return data[name]
 
-    if rows == 0:
+    if rows == 0 and not labels:
         raise SchemaError("the input has no rows")
     names = signature.names
     missing = [n for n in names if n not in labels]
@@ -57,6 +57,8 @@ def validate(signature: Signature, data: pd.DataFrame | Mapping[str, Array]) -> 
             f"expected: {', '.join(names)}",
             feature=missing[0],
         )
+    if rows == 0:
+        raise SchemaError("the input has no rows")
     if len(labels) != len(names):
         unknown = [c for c in labels if c not in set(names)]
         raise SchemaError(
@@ -116,6 +118,11 @@ def _numeric(feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | Non
             row = int(np.flatnonzero(over)[0])
             raise _bad(feature, f"value {values[row]!r} does not fit {feature.dtype}", row)
     converted = values.astype(target)
+    if converted.dtype.kind == "f":
+        infinite = np.isinf(converted)
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise _bad(feature, f"has a non-finite value {_plain(converted[row])}", row)
     if feature.minimum is not None or feature.maximum is not None:
         lo = -np.inf if feature.minimum is None else feature.minimum
         hi = np.inf if feature.maximum is None else feature.maximum

@@ -85,7 +85,7 @@ def router(path: InferencePath) -> APIRouter:
 
     async def model_metadata(name: str, version: str | None) -> Response:
         model, selector = split_name(name, version)
-        number = await pool._route(model, selector)
+        number = await pool.route(model, selector)
         info = await asyncio.to_thread(pool.registry.resolve, Reference(model, version=number))
         versions = [
             str(v.version) for v in await asyncio.to_thread(pool.registry.list_versions, model)
@@ -104,7 +104,7 @@ def router(path: InferencePath) -> APIRouter:
 
     async def model_ready(name: str, version: str | None) -> Response:
         model, selector = split_name(name, version)
-        number = await pool._route(model, selector)
+        number = await pool.route(model, selector)
         state = pool.status(model, number)
         if state is not None and state.state == "ready":
             return json_response({"name": model, "version": str(number), "ready": True})
@@ -177,7 +177,7 @@ def router(path: InferencePath) -> APIRouter:
 def _header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) > body_length:
+    if not (value.isascii() and value.isdigit()) or int(value) > body_length:
         raise InvalidInputError(
             f"{oip.HEADER_LENGTH} must be a byte count within the body ({body_length} bytes)"
         )
