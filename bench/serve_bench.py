@@ -326,33 +326,71 @@ def timed_calls(
     }
 
 
-def floor_credit(home: Path, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    import berth
-    from berth.runtime.codecs import to_frame
-    from berth.runtime.validation import validate
+class Floor:
+    """The models loaded in this process, called directly: what no server can beat."""
 
-    loaded = berth.connect(home=home).load("credit-risk@production")
-    limit_threads()
-    predictor: Any = loaded.predictor
-    sig, model = loaded.signature, predictor.model  # the scikit-learn Pipeline
-    singles = [validate(sig, to_frame({"records": [r]}, sig)) for r in records]
-    batch = validate(sig, to_frame({"records": records[:BATCH]}, sig))
-    n = len(records)
-    out: dict[str, Any] = {
-        "unbatched": timed_calls(lambda i: model.predict_proba(singles[i % n]), seconds),
-        "batched_32": timed_calls(lambda i: model.predict_proba(batch), seconds),
-    }
-    out["batched_32"]["rows_per_s"] = out["batched_32"]["calls_per_s"] * BATCH
-    try:
-        out["steps_one_row"] = credit_steps(loaded, model, records, seconds / 2)
-    except Exception as exc:  # Berth's internals move; the floor above must not depend on them
-        out["steps_one_row_error"] = f"{type(exc).__name__}: {exc}"
-    return out
+    def __init__(self, home: Path, records: list[dict[str, Any]], texts: list[str]) -> None:
+        import berth
+        from berth.runtime.codecs import to_frame
+        from berth.runtime.validation import validate
+
+        client = berth.connect(home=home)
+        self.credit = client.load("credit-risk@production")
+        self.sentiment = client.load("sentiment@production")
+        limit_threads()
+        sig = self.credit.signature
+        self.records, self.texts = records, texts
+        self.singles = [validate(sig, to_frame({"records": [r]}, sig)) for r in records]
+        self.batch = validate(sig, to_frame({"records": records[:BATCH]}, sig))
+        self.passes: list[dict[str, Any]] = []
+
+    def measure(self, seconds: float) -> dict[str, Any]:
+        predictor: Any = self.credit.predictor
+        pipeline = predictor.model  # the scikit-learn Pipeline
+        text_predictor: Any = self.sentiment.predictor
+        classifier = text_predictor.model  # encoder + logistic head
+        singles, batch, texts = self.singles, self.batch, self.texts
+        n, m = len(singles), len(texts)
+        credit: dict[str, Any] = {
+            "unbatched": timed_calls(lambda i: pipeline.predict_proba(singles[i % n]), seconds),
+            "batched_32": timed_calls(lambda i: pipeline.predict_proba(batch), seconds),
+        }
+        try:
+            credit["steps_one_row"] = credit_steps(self.credit, self.records, seconds / 2)
+        except Exception as exc:  # Berth's internals move; the floor must not depend on them
+            credit["steps_one_row_error"] = {"error": f"{type(exc).__name__}: {exc}"}
+        sentiment = {
+            "unbatched": timed_calls(lambda i: classifier.predict_proba([texts[i % m]]), seconds),
+            "batched_32": timed_calls(lambda i: classifier.predict_proba(texts[:BATCH]), seconds),
+        }
+        result = {"credit-risk": credit, "sentiment": sentiment}
+        for f in result.values():
+            f["batched_32"]["rows_per_s"] = f["batched_32"]["calls_per_s"] * BATCH
+        self.passes.append(result)
+        return result
+
+    def best(self) -> dict[str, Any]:
+        """Per figure, the pass with the highest rate (or the lowest median for the steps):
+        other processes only ever slow a pass down."""
+        out: dict[str, Any] = {}
+        for model in ("credit-risk", "sentiment"):
+            f: dict[str, Any] = {}
+            for kind, key in (("unbatched", "calls_per_s"), ("batched_32", "rows_per_s")):
+                f[kind] = max((p[model][kind] for p in self.passes), key=lambda r: r[key])
+            steps = [p[model]["steps_one_row"] for p in self.passes if "steps_one_row" in p[model]]
+            if steps:
+                f["steps_one_row"] = {
+                    name: min((s[name] for s in steps), key=lambda r: r["p50_ms"])
+                    for name in steps[0]
+                }
+            errors = [p[model]["steps_one_row_error"] for p in self.passes]
+            if not steps and errors:
+                f["steps_one_row_error"] = errors[0]["error"]
+            out[model] = f
+        return out
 
 
-def credit_steps(
-    loaded: Any, model: Any, records: list[dict[str, Any]], seconds: float
-) -> dict[str, Any]:
+def credit_steps(loaded: Any, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Where one request's time goes outside HTTP, step by step, one row per call."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -362,7 +400,7 @@ def credit_steps(
     from berth.runtime import codecs
     from berth.runtime.validation import validate
 
-    sig = loaded.signature
+    sig, model = loaded.signature, loaded.predictor.model
     decoder = getattr(codecs, "to_columns", codecs.to_frame)  # what /v1/predict uses
     bodies = [orjson.dumps({"records": [r]}) for r in records]
     n = len(records)
@@ -392,20 +430,14 @@ def credit_steps(
     }
 
 
-def floor_sentiment(home: Path, sentences: list[str], seconds: float) -> dict[str, Any]:
-    import berth
-
-    loaded = berth.connect(home=home).load("sentiment@production")
-    limit_threads()
-    predictor: Any = loaded.predictor
-    model = predictor.model  # encoder + logistic head
-    n = len(sentences)
-    out: dict[str, Any] = {
-        "unbatched": timed_calls(lambda i: model.predict_proba([sentences[i % n]]), seconds),
-        "batched_32": timed_calls(lambda i: model.predict_proba(sentences[:BATCH]), seconds),
-    }
-    out["batched_32"]["rows_per_s"] = out["batched_32"]["calls_per_s"] * BATCH
-    return out
+def show_floor(result: dict[str, Any]) -> None:
+    for model, f in result.items():
+        print(
+            f"  {model:11} unbatched {f['unbatched']['calls_per_s']:8.1f}/s "
+            f"(p50 {f['unbatched']['p50_ms']:.2f} ms)  batched 32: "
+            f"{f['batched_32']['rows_per_s']:8.1f} rows/s",
+            flush=True,
+        )
 
 
 def limit_threads() -> None:
@@ -671,17 +703,8 @@ def main() -> int:
     text_bodies = write_bodies(work / "sentiment.jsonl", [{"texts": [t]} for t in texts])
 
     print("in-process floor ...", flush=True)
-    floor = {
-        "credit-risk": floor_credit(home, records, args.floor_seconds),
-        "sentiment": floor_sentiment(home, texts, args.floor_seconds),
-    }
-    for model, f in floor.items():
-        print(
-            f"  {model:11} unbatched {f['unbatched']['calls_per_s']:8.1f}/s "
-            f"(p50 {f['unbatched']['p50_ms']:.2f} ms)  batched 32: "
-            f"{f['batched_32']['rows_per_s']:8.1f} rows/s",
-            flush=True,
-        )
+    floor = Floor(home, records, texts)
+    show_floor(floor.measure(args.floor_seconds))
 
     no_batching = work / "no-batching.json"
     no_batching.write_text(json.dumps({"models": {"sentiment": {"max_batch_size": 1}}}))
@@ -772,6 +795,8 @@ def main() -> int:
             if server.proc is not None and server.proc.returncode not in (0, -15, None):
                 print(f"note: {server.name} exited with {server.proc.returncode}", flush=True)
 
+    print("in-process floor, again (the best of both passes is reported) ...", flush=True)
+    show_floor(floor.measure(args.floor_seconds))
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
     all_runs = [r for ld in loads for r in ld.runs]
     others = [r["other_cpu_cores"] for r in all_runs]
@@ -808,10 +833,11 @@ def main() -> int:
             "loadavg_end": all_runs[-1]["loadavg_end"],
         },
         "notes": notes,
-        "floor": floor,
+        "floor": floor.best(),
+        "floor_passes": floor.passes,
         "runs": all_runs,
     }
-    results["summary"] = build_summary(loads, floor)
+    results["summary"] = build_summary(loads, results["floor"])
     results["elapsed_s"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(results, indent=2) + "\n")

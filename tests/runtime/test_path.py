@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from tests.models import SumModel, numbers
 
+import berth.runtime.path as path_module
 from berth.app import Berth
 from berth.errors import UnavailableError
 from berth.registry.service import VersionInfo
@@ -105,14 +106,16 @@ def test_a_batch_never_mixes_versions(client: Berth) -> None:
     with_pool(client, body, configs={"mixed": config})
 
 
-def test_without_a_batching_setting_a_tabular_model_is_not_batched(client: Berth) -> None:
+def test_by_default_a_tabular_model_never_waits_but_groups_what_queued(client: Berth) -> None:
     register(client, Tracing(1.0), "plain")
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
         await asyncio.gather(*(path.infer("plain", None, frame(float(i))) for i in range(10)))
         served = pool.served[("plain", 1)]
-        assert served.batcher is None
-        assert [len(c) for c in model_of(served).calls] == [1] * 10
+        assert served.batching.max_latency_ms == 0
+        sizes = [len(c) for c in model_of(served).calls]
+        assert sum(sizes) == 10
+        assert len(sizes) < 10  # the others queued behind it and went together
 
     with_pool(client, body)
 
@@ -138,17 +141,25 @@ def test_prediction_ids_are_unique(client: Berth) -> None:
 # -- alias moves -------------------------------------------------------------------------------
 
 
-def test_refresh_switches_only_once_the_new_version_is_loaded(client: Berth) -> None:
+def test_refresh_switches_only_once_the_new_version_is_loaded(
+    client: Berth, monkeypatch: pytest.MonkeyPatch
+) -> None:
     register(client, Tracing(1.0), "moving")
     register(client, Tracing(10.0), "moving")
     client.set_alias("moving", "production", 1)
     route_while_loading: list[int | None] = []
     holder: dict[str, ModelPool] = {}
 
-    def slow_load(loaded: LoadedModel) -> None:
+    real_load = path_module.load_version
+
+    def slow_load(registry: Any, ref: str) -> LoadedModel:
+        loaded = real_load(registry, ref)
         if loaded.version.version == 2:
             route_while_loading.append(holder["pool"].routes.get(("moving", "production")))
             time.sleep(0.4)  # a slow load: requests keep coming meanwhile
+        return loaded
+
+    monkeypatch.setattr(path_module, "load_version", slow_load)
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
         holder["pool"] = pool
@@ -179,7 +190,7 @@ def test_refresh_switches_only_once_the_new_version_is_loaded(client: Berth) -> 
         assert after.info.version == 2
         assert after.outputs["prediction"].tolist() == [10.0]
 
-    with_pool(client, body, after_load=slow_load)
+    with_pool(client, body)
 
 
 def test_a_request_in_flight_on_the_old_version_finishes_there(client: Berth) -> None:

@@ -36,8 +36,11 @@ class BatchingConfig:
 
 
 TEXT_DEFAULT = BatchingConfig(max_batch_size=32, max_latency_ms=5.0)
-"""Transformers gain several-fold from batches; tabular models answer in well under a millisecond
-and lose more to waiting than they gain, so their default stays off."""
+"""Transformers gain several-fold from batches, worth a short wait for company."""
+
+TABULAR_DEFAULT = BatchingConfig(max_batch_size=32, max_latency_ms=0.0)
+"""Tabular models never wait (a lone request runs at once) but take together whatever queued
+while the previous call ran: under load that tripled credit-risk's throughput on two cores."""
 
 
 class LatencyWindow:

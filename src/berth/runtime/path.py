@@ -28,7 +28,12 @@ from berth.errors import (
     UnavailableError,
 )
 from berth.registry.references import LATEST, Reference, check_alias, is_number
-from berth.runtime.batching import TEXT_DEFAULT, BatchingConfig, MicroBatcher
+from berth.runtime.batching import (
+    TABULAR_DEFAULT,
+    TEXT_DEFAULT,
+    BatchingConfig,
+    MicroBatcher,
+)
 from berth.runtime.loading import LoadedModel, load_version
 from berth.runtime.records import RecordBatch, RecordWriter
 from berth.runtime.validation import validate
@@ -141,10 +146,10 @@ class ModelPool:
         configs: Mapping[str, ServingConfig] | None = None,
         metrics: Metrics | None = None,
         poll_interval_s: float = 2.0,
-        after_load: Callable[[LoadedModel], None] | None = None,
+        thread_init: Callable[[VersionInfo], None] | None = None,
     ) -> None:
         self.registry = registry
-        self.after_load = after_load
+        self.thread_init = thread_init
         self.configs = dict(configs or {})
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
@@ -249,18 +254,22 @@ class ModelPool:
         return served
 
     def _load_blocking(self, name: str, version: int) -> LoadedModel:
-        loaded = load_version(self.registry, f"{name}/{version}")
-        if self.after_load is not None:
-            self.after_load(loaded)
-        return loaded
+        return load_version(self.registry, f"{name}/{version}")
 
     def _serve(self, loaded: LoadedModel) -> ServedModel:
         info = loaded.version
         config = self.configs.get(info.model, ServingConfig())
         batching = config.batching or (
-            TEXT_DEFAULT if info.flavor in _TEXT_FLAVORS else BatchingConfig()
+            TEXT_DEFAULT if info.flavor in _TEXT_FLAVORS else TABULAR_DEFAULT
         )
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"predict-{info.model}-{info.version}")
+        # The version's one inference thread; thread pool sizes (OpenMP's among them) are set
+        # per thread, so they are set in this thread, once, before its first prediction.
+        init = self.thread_init
+        executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"predict-{info.model}-{info.version}",
+            initializer=(lambda: init(info)) if init is not None else None,
+        )
         served = ServedModel(info, loaded, config, batching, executor)
         if batching.enabled:
             on_batch = None
