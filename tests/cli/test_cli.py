@@ -486,3 +486,25 @@ def test_real_entry_point_error_is_one_line(
     assert debug.returncode != 0
     assert "Traceback" in debug_err
     assert "ModelNotFoundError: model 'nope' not found" in debug_err
+
+
+def test_versions_shows_the_newest_by_default(tmp_path: Path) -> None:
+    from tests.models import SumModel, numbers
+
+    from berth.app import Berth
+    from berth.config import Settings
+
+    home = tmp_path / "many"
+    with Berth(Settings(home=home)) as c:
+        for _ in range(4):
+            c.register(SumModel(), "many", training_data=numbers(), trusted=True)
+    runner = CliRunner()
+    shown = runner.invoke(
+        app, ["--home", str(home), "models", "versions", "many", "--limit", "2", "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert [v["version"] for v in json.loads(shown.stdout)] == [3, 4]
+    every = runner.invoke(
+        app, ["--home", str(home), "models", "versions", "many", "--limit", "0", "--json"]
+    )
+    assert [v["version"] for v in json.loads(every.stdout)] == [1, 2, 3, 4]

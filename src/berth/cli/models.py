@@ -63,17 +63,25 @@ def list_models(
 
 
 @app.command("versions")
-def versions(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
-    """List the versions of a model.
+def versions(
+    ctx: typer.Context,
+    name: str,
+    limit: Annotated[int, typer.Option(help="Show the newest N (0: all).", min=0)] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the versions of a model, newest last.
 
-    Example: berth models versions credit-risk
+    Example: berth models versions credit-risk --limit 10
     """
     found = client(ctx).list_versions(name)
+    hidden = max(0, len(found) - limit) if limit else 0
     if as_json:
-        print_json([_version_dict(v) for v in found])
+        print_json([_version_dict(v) for v in found[hidden:]])
         return
     table = Table("version", "aliases", "flavor", "metrics", "size", "created", "by")
-    for v in found:
+    if hidden:
+        table.caption = f"{hidden} older versions not shown; --limit 0 shows all"
+    for v in found[hidden:]:
         metrics = ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items()))
         table.add_row(
             str(v.version),
