@@ -600,8 +600,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{noise['loadavg_start']:.2f} -> {noise['loadavg_end']:.2f}. "
         "Server CPU per request is the steadier figure when the machine is busy.",
         "",
-        *(f"Note: {n}" for n in results.get("notes", [])),
-        "",
+        *(line for n in results.get("notes", []) for line in (f"Note: {n}", "")),
         f"Berth's batching defaults: {results['settings'].get('berth_batching', '?')}. "
         "'Batching off' is the same server with `max_batch_size` 1 for both models (config "
         "file), the like-for-like comparison with the minimal app, which never batches. "

@@ -154,19 +154,23 @@ class MicroBatcher:
             rows += len(item[0])
         return taken
 
+    def _call(self, frames: list[pd.DataFrame]) -> Outputs:
+        """In the inference thread: joining the frames there keeps the event loop free."""
+        import pandas as pd
+
+        batch = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        return self.predict(batch)
+
     async def _predict(
         self,
         loop: asyncio.AbstractEventLoop,
         taken: list[tuple[pd.DataFrame, asyncio.Future[Outputs]]],
     ) -> None:
-        import pandas as pd
-
         frames = [frame for frame, _ in taken]
-        batch = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         if self._on_batch is not None:
-            self._on_batch(len(batch))
+            self._on_batch(sum(len(f) for f in frames))
         try:
-            outputs = await loop.run_in_executor(self.executor, self.predict, batch)
+            outputs = await loop.run_in_executor(self.executor, self._call, frames)
         except Exception as exc:
             if len(taken) == 1:
                 _fail(taken[0][1], exc)

@@ -36,7 +36,7 @@ from berth.runtime.batching import (
 )
 from berth.runtime.loading import LoadedModel, load_version
 from berth.runtime.records import RecordBatch, RecordWriter
-from berth.runtime.validation import validate
+from berth.runtime.validation import validate_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -363,7 +363,7 @@ class InferencePath:
                 raw, unit_id = decoded.frame, decoded.unit_id or unit_id
             else:
                 raw = data
-            batch = validate(served.info.signature, raw)
+            batch, columns = validate_columns(served.info.signature, raw)
             outputs = await served.predict(batch)
         except Exception:
             if self.metrics is not None:
@@ -382,7 +382,7 @@ class InferencePath:
                     served.info.version,
                     mode,
                     ids,
-                    batch,
+                    columns,
                     outputs,
                     latency_ms,
                     unit_id,

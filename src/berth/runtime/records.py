@@ -31,9 +31,11 @@ from berth.errors import InvalidInputError
 log = logging.getLogger("berth.records")
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     import pandas as pd
     import pyarrow as pa
 
+    from berth.runtime.codecs import Columns
     from berth.types import Outputs
 
 _STOP = object()
@@ -57,7 +59,8 @@ class RecordBatch:
     version: int
     mode: str
     prediction_ids: list[str]
-    inputs: pd.DataFrame
+    inputs: pd.DataFrame | Columns
+    """The validated inputs: a frame, or (cheaper to write) its column arrays."""
     outputs: Outputs
     latency_ms: float
     unit_id: str | None = None
@@ -174,7 +177,6 @@ class RecordWriter:
 
 def _table(group: list[RecordBatch]) -> pa.Table:
     import numpy as np
-    import pandas as pd
     import pyarrow as pa
 
     ids = [i for b in group for i in b.prediction_ids]
@@ -197,21 +199,33 @@ def _table(group: list[RecordBatch]) -> pa.Table:
         ),
         "latency_ms": repeat([b.latency_ms for b in group], pa.float32()),
     }
-    inputs = (
-        pd.concat([b.inputs for b in group], ignore_index=True)
-        if len(group) > 1
-        else group[0].inputs
-    )
-    for name in inputs.columns:
-        columns[f"in.{name}"] = pa.Array.from_pandas(inputs[name])
+    # Plain numpy per column: concatenating hundreds of one-row DataFrames would hold the GIL
+    # for a noticeable pause of every request in flight.
+    for name in _input_columns(group[0].inputs):
+        values = np.concatenate([_input_columns(b.inputs)[name] for b in group])
+        columns[f"in.{name}"] = _arrow(values)
     for name in group[0].outputs:
         values = np.concatenate([b.outputs[name] for b in group])
         if values.ndim == 2:
             flat = pa.array(values.reshape(-1))
             columns[f"out.{name}"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
         else:
-            columns[f"out.{name}"] = pa.array(values.tolist() if values.dtype == object else values)
+            columns[f"out.{name}"] = _arrow(values)
     return pa.table(columns)
+
+
+def _input_columns(inputs: pd.DataFrame | Columns) -> Columns:
+    if isinstance(inputs, dict):
+        return inputs
+    return {str(c): inputs[c].to_numpy() for c in inputs.columns}
+
+
+def _arrow(values: npt.NDArray[Any]) -> pa.Array:
+    import pyarrow as pa
+
+    if values.dtype == object:
+        return pa.array(values.tolist(), from_pandas=True)
+    return pa.array(values)
 
 
 def _write_parquet(table: pa.Table, folder: Path) -> None:
