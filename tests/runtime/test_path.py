@@ -325,3 +325,18 @@ def test_an_alias_moved_to_a_broken_version_keeps_serving_the_old_one(client: Be
         assert result.info.version == 1
 
     with_pool(client, body)
+
+
+def test_the_newest_version_is_looked_up_once_per_interval(client: Berth) -> None:
+    register(client, Tracing(1.0), "fresh")
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        assert (await path.infer("fresh", None, frame(1.0))).info.version == 1
+        await asyncio.to_thread(register, client, Tracing(10.0), "fresh")
+        # Within the interval the cached answer stands: no database query per request.
+        assert (await path.infer("fresh", None, frame(1.0))).info.version == 1
+        await asyncio.sleep(1.1)
+        assert (await path.infer("fresh", None, frame(1.0))).info.version == 2
+        assert (await path.infer("fresh", "latest", frame(1.0))).info.version == 2
+
+    with_pool(client, body)

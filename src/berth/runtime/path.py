@@ -158,6 +158,7 @@ class ModelPool:
         self.states: dict[tuple[str, int], LoadState] = {}
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
+        self._latest: dict[str, tuple[int, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -207,12 +208,21 @@ class ModelPool:
         found = self.routes.get((name, alias))
         if found is not None:
             return found
-        if selector is None:
-            info = await asyncio.to_thread(self.registry.resolve, Reference(name, alias=LATEST))
-            return info.version
+        if selector is None or selector == LATEST:
+            return await self._latest_version(name)
         info = await asyncio.to_thread(self.registry.resolve, Reference(name, alias=alias))
-        if alias != LATEST:
-            self.routes[(name, alias)] = info.version
+        self.routes[(name, alias)] = info.version
+        return info.version
+
+    async def _latest_version(self, name: str) -> int:
+        """The newest version, looked up at most once per poll interval per model, so that
+        requests for a model without a production alias do not each query the database."""
+        now = time.monotonic()
+        cached = self._latest.get(name)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        info = await asyncio.to_thread(self.registry.resolve, Reference(name, alias=LATEST))
+        self._latest[name] = (info.version, now + max(self.poll_interval_s, 1.0))
         return info.version
 
     async def _ensure(self, name: str, version: int) -> ServedModel:
