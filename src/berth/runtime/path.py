@@ -13,6 +13,7 @@ complete on v1, so a switch fails no request.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import uuid
@@ -255,6 +256,9 @@ class ModelPool:
             self.states[key] = LoadState("failed", f"{type(exc).__name__}: {exc}")
             log.exception("loading %s/%s failed", name, version)
             raise UnavailableError(f"{name}/{version} is not ready: {exc}") from exc
+        # A loaded model is hundreds of thousands of long-lived objects; left in the collected
+        # generations, each full collection walked them all (a 260-350 ms pause in p99).
+        gc.freeze()
         served = self._serve(loaded)
         self.served[key] = served
         self.states[key] = LoadState("ready")
