@@ -33,6 +33,10 @@ def serve(
     threads: Annotated[
         int, typer.Option(help="OpenMP/BLAS threads per worker for tabular models.", min=1)
     ] = 1,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(help="Threads for text models (default: cores / workers).", min=1),
+    ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request.")
     ] = True,
@@ -55,6 +59,7 @@ def serve(
         poll_interval_s=poll_interval,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         threads=threads,
+        torch_threads=torch_threads,
         access_log=access_log,
         workers=workers,
     )
