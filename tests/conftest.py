@@ -33,7 +33,8 @@ def service_missing(what: str, exc: Exception) -> None:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """A throw-away database on the local PostgreSQL, dropped at the end of the session."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
+    import sqlalchemy
+
     name = f"berth_test_{uuid.uuid4().hex[:10]}"
     try:
         admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")

@@ -32,3 +32,18 @@ class SlowToSave(SumModel):
         pathlib.Path(self.marker).write_text("saving")
         time.sleep(60)
         return {"marker": self.marker}
+
+
+def classification(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
+    """300 rows, six numeric features ``f0..f5``: the round-trip data of the tree flavors."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=300,
+        n_features=6,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=n_classes,
+        random_state=0,
+    )
+    return pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]), y

@@ -15,19 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn  # noqa: F401
+from sklearn.compose import make_column_transformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from skops import io as skops_io
 from typer.testing import CliRunner, Result
 
 from berth.app import Berth
 from berth.cli.errors import EXIT_CODES
 from berth.cli.main import app
-
-pytest.importorskip("sklearn")
-skops_io = pytest.importorskip("skops.io")
-
-from sklearn.compose import make_column_transformer  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import Pipeline, make_pipeline  # noqa: E402
-from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
 
 ACTOR = "cli-tester"
 # Nothing from the developer's shell may change which home or database a command uses, who it

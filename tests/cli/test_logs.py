@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import sklearn  # noqa: F401
+from sklearn.dummy import DummyClassifier
 from typer.testing import CliRunner, Result
 
 from berth.app import Berth, ServeOptions, build_server
@@ -18,9 +20,6 @@ from berth.cli.errors import EXIT_CODES
 from berth.cli.main import app
 from berth.config import Settings
 from berth.testing import asgi_client
-
-pytest.importorskip("sklearn")
-from sklearn.dummy import DummyClassifier
 
 NAME = "loggy"
 CLEAN_ENV: dict[str, str | None] = {

@@ -5,25 +5,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx as onnx
+import onnxruntime  # noqa: F401
 import pandas as pd
 import pytest
+import skl2onnx as skl2onnx
+from sklearn import datasets as sklearn_datasets
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from berth.app import Berth
 from berth.errors import InvalidInputError, MissingExtraError
 from berth.flavors import detect_flavor
 from berth.flavors.onnx import FLAVOR
 from berth.registry.signature import Output, infer_signature
-
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-skl2onnx = pytest.importorskip("skl2onnx")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
-from sklearn.compose import ColumnTransformer  # noqa: E402
-from sklearn.ensemble import RandomForestClassifier  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 
 def _data(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:

