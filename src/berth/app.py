@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     import pandas as pd
     from fastapi import FastAPI
 
+    from berth.batch.jobs import JobInfo, JobStore
+    from berth.batch.runner import BatchContext, Progress
+    from berth.batch.specs import JobSpec
     from berth.runtime.loading import LoadedModel
     from berth.runtime.path import InferencePath, ServingConfig
 
@@ -132,6 +135,40 @@ class Berth:
 
     def alias_history(self, name: str) -> list[AuditEvent]:
         return self.registry.alias_history(name)
+
+    # -- batch -----------------------------------------------------------------------------------
+
+    @property
+    def jobs(self) -> JobStore:
+        from berth.batch.jobs import JobStore
+
+        return JobStore(self.db)
+
+    def batch_context(self) -> BatchContext:
+        from berth.batch.runner import BatchContext
+
+        return BatchContext(
+            registry=self.registry,
+            jobs=self.jobs,
+            work_root=self.settings.resolved_batch_root(),
+            records_root=self.settings.resolved_records_root(),
+            actor=self.actor,
+        )
+
+    def run_batch(
+        self,
+        spec: JobSpec,
+        *,
+        resume: str | None = None,
+        progress: Progress | None = None,
+        schedule_id: int | None = None,
+    ) -> JobInfo:
+        """Run a batch job to the end (or resume one); see :func:`berth.batch.runner.run_job`."""
+        from berth.batch.runner import run_job
+
+        return run_job(
+            self.batch_context(), spec, resume=resume, progress=progress, schedule_id=schedule_id
+        )
 
 
 def _os_user() -> str:

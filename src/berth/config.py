@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the prediction records (Parquet); default $BERTH_HOME/records.",
     )
+    batch_root: Path | None = Field(
+        default=None,
+        description=(
+            "Work folders of running batch jobs (their checkpoints); default $BERTH_HOME/batch."
+        ),
+    )
     user: str | None = Field(
         default=None,
         description="Actor recorded in the audit log; default the operating-system user.",
@@ -51,3 +57,6 @@ class Settings(BaseSettings):
 
     def resolved_records_root(self) -> Path:
         return (self.records_root or self.home / "records").resolve()
+
+    def resolved_batch_root(self) -> Path:
+        return (self.batch_root or self.home / "batch").resolve()

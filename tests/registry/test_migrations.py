@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from berth.app import Berth
-from berth.registry.db import Database
+from berth.registry.db import SCHEMA_HEAD, Database
 from berth.registry.tables import Base
 
 
@@ -24,13 +24,15 @@ def test_migrating_twice_is_a_no_op(home: Path) -> None:
     Database(url).dispose()
     db = Database(url)
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == SCHEMA_HEAD
     assert set(inspect(db.engine).get_table_names()) >= {
         "models",
         "versions",
         "version_profiles",
         "aliases",
         "audit_events",
+        "batch_jobs",
+        "batch_schedules",
         "alembic_version",
     }
     db.dispose()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import demo, logs, models, predict, serve
+from . import batch, demo, logs, models, predict, serve
 from .context import configure
 from .errors import BerthGroup
 
@@ -18,6 +18,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(batch.app, name="batch")
+app.command("scheduler")(batch.scheduler)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)

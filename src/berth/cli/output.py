@@ -66,3 +66,16 @@ def key_values(pairs: list[str], what: str) -> dict[str, str]:
             raise InvalidInputError(f"{what} {pair!r} must look like key=value")
         out[key] = value
     return out
+
+
+def fields(title: str, rows: list[tuple[str, str]]) -> None:
+    """A titled block of ``name  value`` lines (one record, shown whole)."""
+    from rich.table import Table
+
+    bold(title)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    for name, value in rows:
+        grid.add_row(name, value)
+    console.print(grid)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from berth.errors import InvalidInputError, MissingExtraError, UnavailableError
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 """The newest migration; a test checks it against the migrations folder. Knowing it here lets an
 up-to-date database open without importing Alembic (a few hundred ms of every CLI call)."""
 # Any constant works: it only has to be the same in every process that migrates this database.

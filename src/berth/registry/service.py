@@ -32,7 +32,15 @@ from berth.registry.references import (
     parse_reference,
 )
 from berth.registry.signature import Signature
-from berth.registry.tables import AliasRow, AuditRow, ModelRow, ProfileRow, VersionRow, utcnow
+from berth.registry.tables import (
+    AliasRow,
+    AuditRow,
+    ModelRow,
+    ProfileRow,
+    VersionRow,
+    utcnow,
+    write_audit,
+)
 
 _RETRIES = 5
 MAX_VERSION = 2**31 - 1
@@ -149,7 +157,7 @@ class Registry:
                     s.flush()
                     if new.profile is not None:
                         s.add(ProfileRow(version_id=row.id, profile=new.profile))
-                    _audit(
+                    write_audit(
                         s,
                         actor,
                         "version.create",
@@ -185,7 +193,7 @@ class Registry:
                 )
             else:
                 row.version, row.updated_at, row.updated_by = version, utcnow(), actor
-            _audit(s, actor, "alias.set", f"{name}@{alias}", {"from": previous, "to": version})
+            write_audit(s, actor, "alias.set", f"{name}@{alias}", {"from": previous, "to": version})
             return previous
 
     def delete_alias(self, name: str, alias: str, *, actor: str) -> int:
@@ -196,7 +204,7 @@ class Registry:
                 raise AliasNotFoundError(name, alias, _aliases(s, model.id))
             previous = row.version
             s.delete(row)
-            _audit(s, actor, "alias.delete", f"{name}@{alias}", {"from": previous, "to": None})
+            write_audit(s, actor, "alias.delete", f"{name}@{alias}", {"from": previous, "to": None})
             return previous
 
     def delete_version(self, name: str, version: int, *, actor: str) -> VersionInfo:
@@ -212,7 +220,7 @@ class Registry:
                 )
             info = _version_info(name, row, ())
             s.delete(row)
-            _audit(s, actor, "version.delete", f"{name}/{version}", {"digest": row.digest})
+            write_audit(s, actor, "version.delete", f"{name}/{version}", {"digest": row.digest})
             shared = s.scalar(select(func.count()).where(VersionRow.digest == row.digest))
         if not shared and self.store.exists(info.digest):
             self.store.delete(info.digest)
@@ -231,7 +239,7 @@ class Registry:
             self.store.delete(digest)
         if staged or orphans:
             with self.db.write() as s:
-                _audit(
+                write_audit(
                     s,
                     actor,
                     "artifacts.collect",
@@ -361,10 +369,6 @@ class Registry:
             s.add(row)
             s.flush()
         return row.id
-
-
-def _audit(s: Session, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
-    s.add(AuditRow(at=utcnow(), actor=actor, action=action, subject=subject, details=details))
 
 
 def _model(s: Session, name: str) -> ModelRow:

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +58,9 @@ class RecordBatch:
     model: str
     version: int
     mode: str
-    prediction_ids: list[str]
+    prediction_ids: Sequence[str]
+    """A list, or for big batches a pyarrow string array (made without a Python string per
+    row)."""
     inputs: pd.DataFrame | Columns
     """The validated inputs: a frame, or (cheaper to write) its column arrays."""
     outputs: Outputs
@@ -175,18 +177,37 @@ class RecordWriter:
                 self.written += table.num_rows
 
 
+def write_records(root: Path, batch: RecordBatch, name: str) -> None:
+    """Write one batch's records now, as ``name``: batch jobs name a chunk's file after the job
+    and the chunk, so that a chunk done again replaces its records instead of adding to them."""
+    day = datetime.fromtimestamp(batch.at, UTC).strftime("%Y-%m-%d")
+    for stale in root.glob(f"model={batch.model}/date=*/{name}.parquet"):
+        stale.unlink(missing_ok=True)  # the chunk's earlier attempt, on another day
+    _write_parquet(_table([batch]), root / f"model={batch.model}" / f"date={day}", name)
+
+
+def remove_records(root: Path, model: str, prefix: str) -> int:
+    """Remove record files whose name starts with ``prefix``; how many were removed."""
+    found = list(root.glob(f"model={model}/date=*/{prefix}*.parquet"))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
+
+
 def _table(group: list[RecordBatch]) -> pa.Table:
     import numpy as np
     import pyarrow as pa
 
-    ids = [i for b in group for i in b.prediction_ids]
+    ids: Any = (
+        group[0].prediction_ids if len(group) == 1 else [i for b in group for i in b.prediction_ids]
+    )
     counts = [len(b.prediction_ids) for b in group]
 
     def repeat(values: list[Any], kind: pa.DataType) -> pa.Array:
         return pa.array(np.repeat(np.asarray(values, dtype=object), counts), type=kind)
 
     columns: dict[str, Any] = {
-        "prediction_id": pa.array(ids, type=pa.string()),
+        "prediction_id": ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string()),
         "time": pa.array(
             np.repeat(np.array([b.at for b in group]) * 1e6, counts).astype("int64"),
             type=pa.timestamp("us", tz="UTC"),
@@ -199,13 +220,17 @@ def _table(group: list[RecordBatch]) -> pa.Table:
         ),
         "latency_ms": repeat([b.latency_ms for b in group], pa.float32()),
     }
+
     # Plain numpy per column: concatenating hundreds of one-row DataFrames would hold the GIL
     # for a noticeable pause of every request in flight.
+    def joined(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
     for name in _input_columns(group[0].inputs):
-        values = np.concatenate([_input_columns(b.inputs)[name] for b in group])
+        values = joined([_input_columns(b.inputs)[name] for b in group])
         columns[f"in.{name}"] = _arrow(values)
     for name in group[0].outputs:
-        values = np.concatenate([b.outputs[name] for b in group])
+        values = joined([b.outputs[name] for b in group])
         if values.ndim == 2:
             flat = pa.array(values.reshape(-1))
             columns[f"out.{name}"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
@@ -224,15 +249,18 @@ def _arrow(values: npt.NDArray[Any]) -> pa.Array:
     import pyarrow as pa
 
     if values.dtype == object:
-        return pa.array(values.tolist(), from_pandas=True)
+        try:  # straight from the object array: five times faster than through a list
+            return pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # numpy scalars mixed with Python ones
+            return pa.array(values.tolist(), from_pandas=True)
     return pa.array(values)
 
 
-def _write_parquet(table: pa.Table, folder: Path) -> None:
+def _write_parquet(table: pa.Table, folder: Path, name: str | None = None) -> None:
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"{name or f'{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'}.parquet"
     tmp = folder / f".{name}.tmp"
     pq.write_table(table, tmp, compression="zstd")
     tmp.rename(folder / name)  # readers never see half a file

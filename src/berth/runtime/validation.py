@@ -7,7 +7,8 @@ owns its arrays: a predictor may write into it without touching the caller's dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,22 +21,114 @@ from berth.registry.signature import NUMERIC, Feature, Signature
 Array = npt.NDArray[Any]
 
 
-def validate(signature: Signature, data: pd.DataFrame | Mapping[str, Array]) -> pd.DataFrame:
+Batch = Any
+"""A DataFrame, a mapping of column arrays (see ``codecs.Columns``), or a pyarrow Table or
+RecordBatch (typed columns: strings are checked in Arrow, far cheaper than as Python objects)."""
+
+
+def validate(signature: Signature, data: Batch) -> pd.DataFrame:
     """Return a new frame with exactly the signature's columns; see :func:`validate_columns`."""
     return validate_columns(signature, data)[0]
 
 
-def validate_columns(
-    signature: Signature, data: pd.DataFrame | Mapping[str, Array]
-) -> tuple[pd.DataFrame, dict[str, Array]]:
+def validate_columns(signature: Signature, data: Batch) -> tuple[pd.DataFrame, dict[str, Array]]:
     """Return a new frame with exactly the signature's columns, in order, dtypes coerced.
 
     ``data`` is a DataFrame (never modified) or decoded columns (see ``codecs.to_columns``),
     whose arrays the result may take over. A nullable integer feature with a missing value comes
     back as float64 with NaN (numpy integers hold no missing value); a nullable bool feature with a
     missing value as object with None. The column arrays come back too: the record writer
-    keeps them, which is far cheaper than taking the frame apart again.
+    keeps them, which is far cheaper than taking the frame apart again. The first bad value
+    raises :class:`SchemaError`, naming the feature and the row.
     """
+    rows, array = _prepare(signature, data)
+    allow_unknown = signature.unknown_categories == "allow"
+    columns: dict[str, Array] = {}
+    for feature in signature.inputs:
+        problems = _Problems(rows)
+        converted = _column(feature, array(feature.name), allow_unknown, problems)
+        if problems.found or converted is None:
+            row, problem = problems.first()
+            raise _bad(feature, problem, row)
+        columns[feature.name] = converted
+    return _frame(columns, rows), columns
+
+
+@dataclass
+class Checked:
+    """A batch split into the rows that fit the signature and the rows that do not."""
+
+    frame: pd.DataFrame
+    """The good rows, validated as by :func:`validate_columns`, with a fresh 0..n-1 index."""
+    columns: dict[str, Array]
+    kept: npt.NDArray[np.intp]
+    """Where each good row was in the input."""
+    bad_rows: npt.NDArray[np.intp]
+    """Where each bad row was in the input, ascending."""
+    reasons: list[str]
+    """Why each bad row was refused (its first problem, features in signature order)."""
+
+
+def check_columns(signature: Signature, data: Batch) -> Checked:
+    """Like :func:`validate_columns`, but a bad value refuses only its row, so that one bad record
+    does not sink a batch job. Problems with the batch as a whole (a missing feature, an unknown
+    one, columns of different lengths) still raise."""
+    rows, array = _prepare(signature, data)
+    allow_unknown = signature.unknown_categories == "allow"
+    kept = np.arange(rows, dtype=np.intp)
+    refused: dict[int, str] = {}
+    # A feature that fails a type check is not converted, so its later checks (ranges,
+    # categories) only see the rows left once those are gone: hence another round, until a round
+    # finds nothing. Every check is row by row, so two rounds cover almost every batch.
+    while True:
+        columns: dict[str, Array] = {}
+        found = False
+        for feature in signature.inputs:
+            values = array(feature.name)
+            if len(kept) < rows:
+                values = values[kept]
+            problems = _Problems(len(kept))
+            converted = _column(feature, values, allow_unknown, problems)
+            for row, problem in problems.rows():
+                refused.setdefault(int(kept[row]), _describe(feature, problem))
+                found = True
+            if converted is not None:
+                columns[feature.name] = converted
+        if not found:
+            break
+        kept = kept[~np.isin(kept, np.fromiter(refused, dtype=np.intp, count=len(refused)))]
+        if not len(kept):
+            columns = {f.name: np.empty(0, dtype=object) for f in signature.inputs}
+            break
+    bad_rows = np.array(sorted(refused), dtype=np.intp)
+    return Checked(
+        frame=_frame(columns, len(kept)),
+        columns=columns,
+        kept=kept,
+        bad_rows=bad_rows,
+        reasons=[refused[int(r)] for r in bad_rows],
+    )
+
+
+def _frame(columns: dict[str, Array], rows: int) -> pd.DataFrame:
+    # Object columns stay objects: pandas would otherwise convert strings to its Arrow string
+    # dtype, which costs more than validating them and makes scikit-learn's encoders slower.
+    return pd.DataFrame(
+        {
+            name: pd.Series(values, dtype=object, copy=False) if values.dtype == object else values
+            for name, values in columns.items()
+        },
+        index=pd.RangeIndex(rows),
+        copy=False,
+    )
+
+
+def _is_arrow(data: object) -> bool:
+    return type(data).__module__.startswith("pyarrow") and hasattr(data, "column_names")
+
+
+def _prepare(signature: Signature, data: Batch) -> tuple[int, Callable[[str], Array]]:
+    """The row count and a getter for each feature's values, once the batch's shape is right."""
     if isinstance(data, pd.DataFrame):
         labels = {str(c): c for c in data.columns}
         if len(labels) != data.shape[1]:
@@ -45,6 +138,17 @@ def validate_columns(
         def array(name: str) -> Array:
             return data[labels[name]].to_numpy(copy=True)  # type: ignore[no-any-return]
 
+    elif _is_arrow(data):
+        table: Any = data
+        labels = {name: name for name in table.column_names}
+        if len(labels) != table.num_columns:
+            raise SchemaError("the input names a feature twice")
+        rows = table.num_rows
+
+        def array(name: str) -> Array:
+            column: Array = table.column(name)  # an Arrow column, checked in _arrow_column
+            return column
+
     else:
         labels = {name: name for name in data}
         lengths = {len(v) for v in data.values()}
@@ -53,7 +157,8 @@ def validate_columns(
         rows = lengths.pop() if lengths else 0
 
         def array(name: str) -> Array:
-            return data[name]
+            values: Array = data[name]
+            return values
 
     if rows == 0 and not labels:
         raise SchemaError("the input has no rows")
@@ -74,33 +179,100 @@ def validate_columns(
             f"expected: {', '.join(names)}",
             feature=unknown[0],
         )
-    allow_unknown = signature.unknown_categories == "allow"
-    columns = {f.name: _column(f, array(f.name), allow_unknown) for f in signature.inputs}
-    return pd.DataFrame(columns, index=pd.RangeIndex(rows), copy=False), columns
+    return rows, array
 
 
-def _column(feature: Feature, values: Array, allow_unknown: bool) -> Array:
+Describe = Callable[[int], str]
+
+
+class _Problems:
+    """The rows one feature fails on, in the order the checks ran, each row with its first
+    problem. Checks add a mask of failing rows and how to describe one of them."""
+
+    def __init__(self, rows: int) -> None:
+        self.bad = np.zeros(rows, dtype=bool)
+        self.groups: list[tuple[npt.NDArray[np.bool_], Describe]] = []
+
+    def add(self, failing: npt.NDArray[np.bool_], describe: Describe) -> None:
+        new = failing & ~self.bad
+        if new.any():
+            self.bad |= new
+            self.groups.append((new, describe))
+
+    @property
+    def found(self) -> bool:
+        return bool(self.groups)
+
+    def first(self) -> tuple[int, str]:
+        failing, describe = self.groups[0]
+        row = int(np.flatnonzero(failing)[0])
+        return row, describe(row)
+
+    def rows(self) -> Iterator[tuple[int, str]]:
+        for failing, describe in self.groups:
+            for row in np.flatnonzero(failing).tolist():
+                yield row, describe(row)
+
+
+def _column(feature: Feature, values: Array, allow_unknown: bool, p: _Problems) -> Array | None:
+    """The converted column, or None when a value could not be converted (``p`` says which)."""
+    if not isinstance(values, np.ndarray):
+        return _arrow_column(feature, values, allow_unknown, p)
     nulls = pd.isna(values) if values.dtype.kind in "fOUcmM" else None
     if nulls is not None and not nulls.any():
         nulls = None
     if nulls is not None and not feature.nullable:
-        raise _bad(feature, "has a missing value", int(np.flatnonzero(nulls)[0]))
+        p.add(nulls, lambda _: "has a missing value")
     if feature.dtype in NUMERIC:
-        return _numeric(feature, values, nulls)
-    if feature.dtype == "bool":
-        return _bool(feature, values, nulls)
-    return _string(feature, values, nulls, allow_unknown)
+        converted = _numeric(feature, values, nulls, p)
+    elif feature.dtype == "bool":
+        converted = _bool(feature, values, nulls, p)
+    else:
+        converted = _string(feature, values, nulls, allow_unknown, p)
+    return None if p.found else converted
 
 
-def _bool(feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None) -> Array:
+def _arrow_column(feature: Feature, values: Any, allow_unknown: bool, p: _Problems) -> Array | None:
+    """An Arrow column: strings for a string feature are checked in Arrow (their type is known
+    from the schema, categories by a hash lookup); anything else goes on as numpy."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = values.type
+    if feature.dtype != "string" or not (
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    ):
+        return _column(feature, values.to_numpy(zero_copy_only=False), allow_unknown, p)
+    nulls = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+    if nulls is not None and not feature.nullable:
+        p.add(nulls, lambda _: "has a missing value")
+    if feature.categories is not None and not allow_unknown:
+        known = pc.is_in(values, value_set=pa.array(feature.categories, type=kind))
+        known = known.to_numpy(zero_copy_only=False)
+        if nulls is not None:
+            known |= nulls
+        allowed = ", ".join(feature.categories[:20])
+        p.add(
+            ~known,
+            lambda row: f"has unknown category {values[row].as_py()!r} (allowed: {allowed})",
+        )
+    return None if p.found else values.to_numpy(zero_copy_only=False)
+
+
+def _bool(
+    feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None, p: _Problems
+) -> Array | None:
     if values.dtype.kind == "b":
         return values
     if values.dtype.kind != "O":
-        raise _type(feature, values, 0)
-    ok = _kinds(values, lambda v: isinstance(v, bool | np.bool_))
+        p.add(np.ones(len(values), dtype=bool), _type(feature, values))
+        return None
+    ok = _kinds(values, lambda v: isinstance(v, bool | np.bool_), clean="boolean")
     if nulls is not None:
         ok |= nulls
-    _first_bad(feature, values, ok)
+    p.add(~ok, _type(feature, values))
+    if p.found:
+        return None
     if nulls is not None:
         out = values.astype(object)
         out[nulls] = None
@@ -108,71 +280,93 @@ def _bool(feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None) 
     return values.astype(bool)
 
 
-def _numeric(feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None) -> Array:
+def _numeric(
+    feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None, p: _Problems
+) -> Array | None:
     target = np.dtype(feature.dtype)
     if values.dtype.kind == "O":
-        values = _numeric_objects(feature, values, nulls, target)
+        objects = _numeric_objects(feature, values, nulls, target, p)
+        if objects is None:
+            return None
+        values = objects
     elif values.dtype.kind not in "iuf":
-        raise _type(feature, values, 0)
+        p.add(np.ones(len(values), dtype=bool), _type(feature, values))
+        return None
     if target.kind in "iu":
         if nulls is not None:
             target = np.dtype(np.float64)  # a missing integer travels as NaN
         else:
-            _check_integers(feature, values, target)
+            _check_integers(feature, values, target, p)
+            if p.found:
+                return None
     elif values.dtype.kind == "f" and target.itemsize < values.dtype.itemsize:
         limit = float(np.finfo(target).max)
-        over = np.isfinite(values) & (np.abs(values) > limit)
-        if over.any():
-            row = int(np.flatnonzero(over)[0])
-            raise _bad(feature, f"value {values[row]!r} does not fit {feature.dtype}", row)
+        p.add(
+            np.isfinite(values) & (np.abs(values) > limit),
+            lambda row: f"value {values[row]!r} does not fit {feature.dtype}",
+        )
+        if p.found:
+            return None
     converted = values.astype(target)
     if converted.dtype.kind == "f":
-        infinite = np.isinf(converted)
-        if infinite.any():
-            row = int(np.flatnonzero(infinite)[0])
-            raise _bad(feature, f"has a non-finite value {_plain(converted[row])}", row)
+        p.add(
+            np.isinf(converted),
+            lambda row: f"has a non-finite value {_plain(converted[row])}",
+        )
     if feature.minimum is not None or feature.maximum is not None:
         lo = -np.inf if feature.minimum is None else feature.minimum
         hi = np.inf if feature.maximum is None else feature.maximum
-        outside = (converted < lo) | (converted > hi)
-        if outside.any():
-            row = int(np.flatnonzero(outside)[0])
-            raise _bad(feature, f"value {_plain(converted[row])} is outside [{lo}, {hi}]", row)
+        p.add(
+            (converted < lo) | (converted > hi),
+            lambda row: f"value {_plain(converted[row])} is outside [{lo}, {hi}]",
+        )
     return converted
 
 
 def _numeric_objects(
-    feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None, target: np.dtype[Any]
-) -> Array:
+    feature: Feature,
+    values: Array,
+    nulls: npt.NDArray[np.bool_] | None,
+    target: np.dtype[Any],
+    p: _Problems,
+) -> Array | None:
     """Object columns come from records with mixed types; Python ints keep full precision."""
-    is_int = _kinds(values, lambda v: isinstance(v, int | np.integer) and not isinstance(v, bool))
-    is_float = _kinds(values, lambda v: isinstance(v, float | np.floating))
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    present = ~pd.isna(values)
+    none = np.zeros(len(values), dtype=bool)
+    if inferred == "integer":  # the common cases, answered in C (see _kinds)
+        is_int, is_float = present, none
+    elif inferred == "floating":
+        is_int, is_float = none, present
+    else:
+        is_int = _kinds(
+            values, lambda v: isinstance(v, int | np.integer) and not isinstance(v, bool)
+        )
+        is_float = _kinds(values, lambda v: isinstance(v, float | np.floating))
     ok = is_int | is_float if nulls is None else is_int | is_float | nulls
-    _first_bad(feature, values, ok)
+    p.add(~ok, _type(feature, values))
+    if p.found:
+        return None
     if is_int.all() and target.kind in "iu":
         info = np.iinfo(target)
-        outside = _kinds(values, lambda v: not info.min <= int(v) <= info.max)
-        if outside.any():
-            row = int(np.flatnonzero(outside)[0])
-            raise _bad(feature, f"value {values[row]} does not fit {feature.dtype}", row)
-        return np.array(values.tolist(), dtype=target)
+        p.add(
+            _kinds(values, lambda v: not info.min <= int(v) <= info.max),
+            lambda row: f"value {values[row]} does not fit {feature.dtype}",
+        )
+        return None if p.found else np.array(values.tolist(), dtype=target)
     return np.array([np.nan if v is None else v for v in values.tolist()], dtype=np.float64)
 
 
-def _check_integers(feature: Feature, values: Array, target: np.dtype[Any]) -> None:
+def _check_integers(feature: Feature, values: Array, target: np.dtype[Any], p: _Problems) -> None:
     info = np.iinfo(target)
     if values.dtype.kind == "f":
         whole = np.isfinite(values) & (values == np.floor(values))
-        if not whole.all():
-            row = int(np.flatnonzero(~whole)[0])
-            raise _bad(feature, f"expects {feature.dtype}, got {_plain(values[row])}", row)
+        p.add(~whole, lambda row: f"expects {feature.dtype}, got {_plain(values[row])}")
         # Bounds as exact powers of two: float(int64 max) rounds up to 2**63, which does not fit.
         outside = (values < float(info.min)) | (values >= float(info.max) + 1.0)
     else:
         outside = (values < info.min) | (values > info.max)
-    if outside.any():
-        row = int(np.flatnonzero(outside)[0])
-        raise _bad(feature, f"value {_plain(values[row])} does not fit {feature.dtype}", row)
+    p.add(outside, lambda row: f"value {_plain(values[row])} does not fit {feature.dtype}")
 
 
 def _string(
@@ -180,31 +374,36 @@ def _string(
     values: Array,
     nulls: npt.NDArray[np.bool_] | None,
     allow_unknown: bool,
-) -> Array:
+    p: _Problems,
+) -> Array | None:
     if values.dtype.kind == "U":
         values = values.astype(object)
     elif values.dtype.kind != "O":
-        raise _type(feature, values, 0)
-    is_str = _kinds(values, lambda v: isinstance(v, str))
-    _first_bad(feature, values, is_str if nulls is None else is_str | nulls)
+        p.add(np.ones(len(values), dtype=bool), _type(feature, values))
+        return None
+    is_str = _kinds(values, lambda v: isinstance(v, str), clean="string")
+    p.add(~(is_str if nulls is None else is_str | nulls), _type(feature, values))
+    if p.found:
+        return None
     if feature.categories is not None and not allow_unknown:
         known = np.isin(values, np.asarray(feature.categories, dtype=object))
         if nulls is not None:
             known |= nulls
-        if not known.all():
-            row = int(np.flatnonzero(~known)[0])
-            allowed = ", ".join(feature.categories[:20])
-            raise _bad(feature, f"has unknown category {values[row]!r} (allowed: {allowed})", row)
+        allowed = ", ".join(feature.categories[:20])
+        p.add(
+            ~known,
+            lambda row: f"has unknown category {values[row]!r} (allowed: {allowed})",
+        )
     return values
 
 
-def _kinds(values: Array, test: Any) -> npt.NDArray[np.bool_]:
+def _kinds(values: Array, test: Any, *, clean: str | None = None) -> npt.NDArray[np.bool_]:
+    """Which values pass ``test``. Given the ``clean`` kind, pandas' type inference (C, about
+    100x faster than a Python loop) answers for the common case, a column whose non-missing
+    values are all of that kind; the loop only runs for mixed columns."""
+    if clean is not None and pd.api.types.infer_dtype(values, skipna=True) == clean:
+        return ~pd.isna(values)  # type: ignore[no-any-return]
     return np.fromiter((test(v) for v in values), dtype=bool, count=len(values))
-
-
-def _first_bad(feature: Feature, values: Array, ok: npt.NDArray[np.bool_]) -> None:
-    if not ok.all():
-        raise _type(feature, values, int(np.flatnonzero(~ok)[0]))
 
 
 def _plain(value: Any) -> Any:
@@ -212,11 +411,18 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _type(feature: Feature, values: Array, row: int) -> SchemaError:
-    value = _plain(values[row])
-    kind = "string" if isinstance(value, str) else type(value).__name__
-    return _bad(feature, f"expects {feature.dtype}, got {kind} {value!r}", row)
+def _type(feature: Feature, values: Array) -> Describe:
+    def describe(row: int) -> str:
+        value = _plain(values[row])
+        kind = "string" if isinstance(value, str) else type(value).__name__
+        return f"expects {feature.dtype}, got {kind} {value!r}"
+
+    return describe
+
+
+def _describe(feature: Feature, problem: str) -> str:
+    return f"feature {feature.name!r} {problem}"
 
 
 def _bad(feature: Feature, problem: str, row: int) -> SchemaError:
-    return SchemaError(f"feature {feature.name!r} {problem} at row {row}", feature=feature.name)
+    return SchemaError(f"{_describe(feature, problem)} at row {row}", feature=feature.name)

@@ -1,0 +1,338 @@
+"""Running a batch job on this machine: read, validate, predict and write in overlapping stages.
+
+Three threads, each in chunk order: a reader decodes and validates chunk ``i+1`` while the model
+predicts chunk ``i`` and a writer checkpoints chunk ``i-1``. Memory holds a few chunks whatever the
+input's size. numpy, Arrow and the model's native code release the GIL for most of their work,
+which is what lets the stages overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from berth.batch import scoring, sinks
+from berth.batch.jobs import JobInfo, JobStore
+from berth.batch.sources import Chunk, Reader, open_reader
+from berth.batch.specs import JobSpec
+from berth.errors import BerthError, ConflictError, InvalidInputError
+from berth.registry.references import Reference, parse_reference
+from berth.registry.service import Registry, VersionInfo
+from berth.runtime.loading import LoadedModel, load_version
+from berth.runtime.records import write_records
+
+log = logging.getLogger("berth.batch")
+
+
+class Progress(Protocol):
+    """What a job tells whoever watches it (a progress bar, log lines, nothing)."""
+
+    def start(self, job: JobInfo, total: int | None, rows: int) -> None: ...
+
+    def advance(self, rows: int, errors: int, total: int | None) -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+
+class Quiet:
+    def start(self, job: JobInfo, total: int | None, rows: int) -> None:
+        pass
+
+    def advance(self, rows: int, errors: int, total: int | None) -> None:
+        pass
+
+    def phase(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class BatchContext:
+    """What a job needs from the composition root."""
+
+    registry: Registry
+    jobs: JobStore
+    work_root: Path
+    records_root: Path
+    actor: str
+
+
+class StoppedError(InvalidInputError):
+    """Too many bad rows: the job stops, resumable once the input is fixed."""
+
+
+def run_job(
+    ctx: BatchContext,
+    spec: JobSpec,
+    *,
+    resume: str | None = None,
+    progress: Progress | None = None,
+    schedule_id: int | None = None,
+) -> JobInfo:
+    """Run ``spec`` (or resume job ``resume``), returning the finished job.
+
+    The same spec as an unfinished job resumes that job: its pinned version, its finished chunks.
+    Fails fast, before any scoring, on an unreadable input, a missing column, or an output that
+    exists (without ``overwrite``).
+    """
+    progress = progress or Quiet()
+    existing = ctx.jobs.get(resume) if resume else ctx.jobs.resumable(spec)
+    if existing is not None:
+        if existing.status == "succeeded":
+            raise ConflictError(f"job {existing.id} already succeeded; nothing to resume")
+        spec = existing.spec if resume else spec
+        info = ctx.registry.resolve(Reference(existing.model, version=existing.version))
+    else:
+        info = ctx.registry.resolve(parse_reference(spec.reference))
+    signature = info.signature
+    scoring.check_passthrough(signature, spec.passthrough)
+    wanted = list(dict.fromkeys([*signature.names, *spec.passthrough]))
+    reader = open_reader(spec.input, wanted, signature)
+    try:
+        sinks.check_free(spec.output, spec.overwrite)
+        total = reader.total_rows
+        if existing is None:
+            job = ctx.jobs.create(
+                spec,
+                model=info.model,
+                version=info.version,
+                actor=ctx.actor,
+                total_rows=total,
+                schedule_id=schedule_id,
+            )
+        else:
+            job = existing
+        work = ctx.work_root / job.id
+        work.mkdir(parents=True, exist_ok=True)
+        with _lock(work, job):
+            if existing is not None:
+                job = ctx.jobs.claim(job.id, actor=ctx.actor)
+            return _run(ctx, job, spec, info, reader, work, progress)
+    finally:
+        reader.close()
+
+
+@contextlib.contextmanager
+def _lock(work: Path, job: JobInfo) -> Iterator[None]:
+    """Only a live process holds the lock, so a job whose process was killed is free to resume
+    while a running one is not run twice."""
+    handle: IO[str] = open(work / "lock", "w")  # noqa: SIM115 - held for the with block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            where = f" (process {job.pid} on {job.host})" if job.pid else ""
+            raise ConflictError(f"job {job.id} is running{where}") from None
+        yield
+    finally:
+        handle.close()
+
+
+def _run(
+    ctx: BatchContext,
+    job: JobInfo,
+    spec: JobSpec,
+    info: VersionInfo,
+    reader: Reader,
+    work: Path,
+    progress: Progress,
+) -> JobInfo:
+    started = time.perf_counter()
+    spent = job.seconds
+    outputs, errors = work / "parts", work / "errors"
+    for stray in [*outputs.glob(".*.tmp"), *errors.glob(".*.tmp")]:
+        stray.unlink()
+    done = min(sinks.finished_parts(outputs), sinks.finished_parts(errors))
+    rows = bad = 0
+    for i in range(done):
+        scored_rows = pq.read_metadata(outputs / sinks.PART.format(i)).num_rows
+        error_rows = pq.read_metadata(errors / sinks.PART.format(i)).num_rows
+        rows += scored_rows + error_rows
+        bad += error_rows
+    total = reader.total_rows
+    progress.start(job, total, rows)
+    try:
+        progress.phase(f"loading {info.ref}")
+        model = load_version(ctx.registry, f"{info.model}/{info.version}")
+        progress.phase("scoring")
+        state = _State(rows, bad, done)
+
+        def commit(scored: scoring.Scored, chunk_rows: int) -> None:
+            if scored.record is not None and spec.record:
+                write_records(ctx.records_root, scored.record, f"batch-{job.id}-{scored.index:06d}")
+            sinks.write_part(errors, scored.index, scored.errors)
+            sinks.write_part(outputs, scored.index, scored.output)  # the checkpoint
+            state.rows += chunk_rows
+            state.errors += scored.errors.num_rows
+            state.chunks = scored.index + 1
+            estimate = reader.estimate_total(state.rows)
+            ctx.jobs.progress(
+                job.id,
+                rows=state.rows,
+                errors=state.errors,
+                chunks=state.chunks,
+                seconds=spent + time.perf_counter() - started,
+                total_rows=estimate if total is None else None,
+            )
+            progress.advance(state.rows, state.errors, estimate)
+            if spec.max_errors.exceeded(state.errors, state.rows):
+                raise StoppedError(
+                    f"stopped after {state.rows:,} rows: {state.errors:,} failed validation, "
+                    f"more than --max-errors allows ({spec.max_errors.describe()}); the first "
+                    f"are in {errors}"
+                )
+
+        _pipeline(reader.chunks(spec.chunk_rows, done), model, spec, job, commit)
+        progress.phase("writing the output")
+        _finish_output(spec, work, outputs, errors, info, state.errors)
+    except KeyboardInterrupt:
+        ctx.jobs.finish(
+            job.id,
+            "interrupted",
+            "interrupted; run the same command or berth batch resume to finish",
+            seconds=spent + time.perf_counter() - started,
+        )
+        raise
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
+        ctx.jobs.finish(job.id, "failed", message, seconds=spent + time.perf_counter() - started)
+        raise
+    finished = ctx.jobs.finish(job.id, "succeeded", seconds=spent + time.perf_counter() - started)
+    shutil.rmtree(work, ignore_errors=True)
+    return finished
+
+
+@dataclass
+class _State:
+    rows: int
+    errors: int
+    chunks: int
+
+
+def _pipeline(
+    chunks: Iterator[Chunk],
+    model: LoadedModel,
+    spec: JobSpec,
+    job: JobInfo,
+    commit: Callable[[scoring.Scored, int], None],
+) -> None:
+    signature = model.signature
+    prepared = _prefetch(scoring.prepare(c, signature) for c in chunks)
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="berth-batch-writer") as writer:
+        try:
+            for item in prepared:
+                outputs, latency_ms = scoring.predict(model, item)
+                scored = scoring.assemble(
+                    item,
+                    outputs,
+                    latency_ms,
+                    signature=signature,
+                    passthrough=spec.passthrough,
+                    job_id=job.id,
+                    model=job.model,
+                    version=job.version,
+                )
+                if pending is not None:
+                    pending.result()  # a failed write stops the job here
+                pending = writer.submit(commit, scored, item.chunk.rows)
+            if pending is not None:
+                pending.result()
+        finally:
+            prepared.close()
+
+
+class _prefetch(Iterator[Any]):
+    """Runs a generator in a thread, ``depth`` items ahead; its errors surface in the consumer."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._fill, args=(items,), name="berth-batch-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_Failure(exc))
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self) -> Any:
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, _Failure):
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+def _finish_output(
+    spec: JobSpec, work: Path, outputs: Path, errors: Path, info: VersionInfo, bad: int
+) -> None:
+    output_parts = sinks.parts(outputs)
+    schema = _schema(output_parts) or _empty_output(spec, info)
+    sinks.assemble(spec.output, output_parts, schema, spec.overwrite)
+    errors_file = spec.errors_file(work)
+    if bad:
+        error_parts = sinks.parts(errors)
+        tmp = errors_file.with_name(f".{errors_file.name}.berth-tmp")
+        error_schema = _schema(error_parts)
+        assert error_schema is not None
+        sinks.write_table_file(
+            "csv", (t for t in sinks.tables(error_parts) if t.num_rows), error_schema, tmp
+        )
+        tmp.replace(errors_file)
+    elif errors_file.exists() and spec.overwrite:
+        errors_file.unlink()  # an earlier run's, no longer true
+
+
+def _schema(parts: list[Path]) -> pa.Schema | None:
+    """The parts' common schema: a chunk whose passthrough column held only nulls has a null
+    column, which the other chunks' type absorbs."""
+    schemas = [pq.read_schema(p) for p in parts]
+    if not schemas:
+        return None
+    return pa.unify_schemas(schemas, promote_options="permissive")
+
+
+def _empty_output(spec: JobSpec, info: VersionInfo) -> pa.Schema:
+    fields = [pa.field(name, pa.string()) for name in spec.passthrough]
+    fields += [pa.field(name, pa.string()) for name in scoring.output_names(info.signature)]
+    return pa.schema(fields)
