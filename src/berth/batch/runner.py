@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,8 +31,11 @@ from berth.batch.specs import JobSpec
 from berth.errors import BerthError, ConflictError, InvalidInputError
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
-from berth.runtime.loading import LoadedModel, load_version
+from berth.runtime.loading import load_resolved
 from berth.runtime.records import write_records
+
+if TYPE_CHECKING:
+    from berth.types import Outputs
 
 log = logging.getLogger("berth.batch")
 
@@ -164,9 +167,6 @@ def _run(
     total = reader.total_rows
     progress.start(job, total, rows)
     try:
-        progress.phase(f"loading {info.ref}")
-        model = load_version(ctx.registry, f"{info.model}/{info.version}")
-        progress.phase("scoring")
         state = _State(rows, bad, done)
 
         def commit(scored: scoring.Scored, chunk_rows: int) -> None:
@@ -194,7 +194,7 @@ def _run(
                     f"are in {errors}"
                 )
 
-        _pipeline(reader.chunks(spec.chunk_rows, done), model, spec, job, commit)
+        _pipeline(ctx, reader.chunks(spec.chunk_rows, done), info, spec, job, commit, progress)
         progress.phase("writing the output")
         _finish_output(spec, work, outputs, errors, info, state.errors)
     except KeyboardInterrupt:
@@ -222,19 +222,31 @@ class _State:
 
 
 def _pipeline(
+    ctx: BatchContext,
     chunks: Iterator[Chunk],
-    model: LoadedModel,
+    info: VersionInfo,
     spec: JobSpec,
     job: JobInfo,
     commit: Callable[[scoring.Scored, int], None],
+    progress: Progress,
 ) -> None:
-    signature = model.signature
+    signature = info.signature
     prepared = _prefetch(scoring.prepare(c, signature) for c in chunks)
+    predicted: Iterator[tuple[scoring.Prepared, Outputs, float]]
+    if spec.engine == "ray":
+        from berth.batch.ray_engine import predict_on_ray
+
+        progress.phase(f"scoring {info.ref} on Ray")
+        predicted = predict_on_ray(prepared, info, ctx.registry.store.root, spec.ray_address)
+    else:
+        progress.phase(f"loading {info.ref}")
+        model = load_resolved(ctx.registry.store, info)
+        progress.phase(f"scoring with {info.ref}")
+        predicted = ((item, *scoring.predict(model, item)) for item in prepared)
     pending: Future[None] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="berth-batch-writer") as writer:
         try:
-            for item in prepared:
-                outputs, latency_ms = scoring.predict(model, item)
+            for item, outputs, latency_ms in predicted:
                 scored = scoring.assemble(
                     item,
                     outputs,

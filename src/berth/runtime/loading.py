@@ -10,6 +10,7 @@ import pandas as pd
 
 from berth.errors import UnavailableError, UntrustedArtifactError
 from berth.flavors import get_flavor
+from berth.registry.artifacts import ArtifactStore
 from berth.registry.references import Reference
 from berth.registry.service import Registry, VersionInfo
 from berth.registry.signature import Signature
@@ -53,11 +54,20 @@ def load_version(registry: Registry, ref: str | Reference) -> LoadedModel:
     """Resolve, verify every artifact byte against its SHA-256, and load with the flavor."""
     started = time.perf_counter()
     info = registry.resolve(ref)
+    return load_resolved(registry.store, info, started=started)
+
+
+def load_resolved(
+    store: ArtifactStore, info: VersionInfo, *, started: float | None = None
+) -> LoadedModel:
+    """Load a version already resolved, from the artifact store alone: what a worker process
+    without the metadata database (a Ray worker) does."""
+    started = time.perf_counter() if started is None else started
     flavor = get_flavor(info.flavor)
     if flavor.requires_trust(info.flavor_options) and not info.trusted:
         raise UntrustedArtifactError(
             f"{info.ref} loads with code execution but was not registered as trusted"
         )
-    path = registry.store.verify(info.digest, label=f"model version {info.ref}")
+    path = store.verify(info.digest, label=f"model version {info.ref}")
     predictor = flavor.load(path, info.flavor_options, info.signature)
     return LoadedModel(info, predictor, time.perf_counter() - started)
