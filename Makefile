@@ -57,5 +57,11 @@ bench-serve: install
 		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
 	$(BIN)/python bench/serve_bench.py
 
+## bench-batch: batch scoring figures (berth batch run against the in-process floor and a naive
+## pandas script, on 1M and 10M credit rows and 100k texts) into bench/results/batch.{json,md}
+.PHONY: bench-batch
+bench-batch: install
+	$(BIN)/python bench/batch_bench.py
+
 clean:
 	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache

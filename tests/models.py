@@ -47,3 +47,16 @@ def classification(n_classes: int = 2) -> tuple[pd.DataFrame, np.ndarray]:
         random_state=0,
     )
     return pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]), y
+
+
+class SlowSum(SumModel):
+    """A row sum that takes ``seconds`` per call: a batch job slow enough to be killed half-way."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        import time
+
+        time.sleep(self.seconds)
+        return super().predict(frame)

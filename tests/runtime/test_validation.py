@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from berth.errors import InvalidInputError, SchemaError
 from berth.registry.signature import Feature, Signature
-from berth.runtime.validation import validate
+from berth.runtime.validation import check_columns, validate
 
 
 def tabular(*features: Feature, **options: Any) -> Signature:
@@ -521,3 +521,83 @@ def test_property_one_corrupted_cell_is_named(
     with pytest.raises(SchemaError) as exc:
         validate(sig, frame)
     assert_names(exc, feature, row)
+
+
+# -- row by row (batch jobs) ---------------------------------------------------------------------
+
+
+@st.composite
+def frames_with_bad_rows(draw: st.DrawFn) -> tuple[Signature, pd.DataFrame, set[int]]:
+    """A valid frame with bad values in some rows (several per row, some rows twice hit)."""
+    sig, frame, cells = draw(valid_frames())
+    hits = draw(
+        st.lists(st.tuples(st.sampled_from(sig.names), st.integers(0, len(frame) - 1)), max_size=5)
+    )
+    broken = {name: list(values) for name, values in cells.items()}
+    for name, row in hits:
+        broken[name][row] = draw(corruptions(sig.feature(name)))
+    frame = pd.DataFrame(
+        {
+            n: pd.Series(broken[n], dtype=object) if any(n == h for h, _ in hits) else frame[n]
+            for n in frame.columns
+        }
+    )
+    return sig, frame, {row for _, row in hits}
+
+
+@_PROPERTY
+@given(frames_with_bad_rows())
+def test_property_check_columns_refuses_exactly_the_bad_rows(
+    case: tuple[Signature, pd.DataFrame, set[int]],
+) -> None:
+    sig, frame, bad = case
+    checked = check_columns(sig, frame)
+    assert set(checked.bad_rows.tolist()) == bad
+    assert len(checked.reasons) == len(bad)
+    assert sorted(checked.kept.tolist() + checked.bad_rows.tolist()) == list(range(len(frame)))
+    good = frame.iloc[checked.kept].reset_index(drop=True)
+    if len(good):
+        expected = validate(sig, good)
+        pd.testing.assert_frame_equal(checked.frame, expected, check_dtype=False)
+    for row, reason in zip(checked.bad_rows.tolist(), checked.reasons, strict=True):
+        with pytest.raises(SchemaError) as exc:
+            validate(sig, frame.iloc[[row]])
+        assert str(exc.value).startswith(reason), (row, reason, str(exc.value))
+
+
+def test_check_columns_names_each_row_and_its_first_problem() -> None:
+    frame = credit_frame(age=[30, 7, "old"], plan=["basic", "gold", "pro"], income=[1.0, 2.0, -5.0])
+    checked = check_columns(CREDIT, frame)
+    assert checked.bad_rows.tolist() == [1, 2]
+    assert checked.reasons == [
+        "feature 'age' value 7 is outside [18.0, 120.0]",
+        "feature 'age' expects int64, got string 'old'",
+    ]
+    assert checked.kept.tolist() == [0]
+    assert checked.frame["age"].tolist() == [30]
+
+
+def test_check_columns_still_raises_for_a_missing_feature() -> None:
+    with pytest.raises(SchemaError, match="missing feature 'member'"):
+        check_columns(CREDIT, credit_frame().drop(columns=["member"]))
+
+
+def test_arrow_input_gives_what_a_frame_gives() -> None:
+    import pyarrow as pa
+
+    frame = credit_frame(plan=["basic", "gold", None])
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    from_frame, from_table = check_columns(CREDIT, frame), check_columns(CREDIT, table)
+    assert from_table.bad_rows.tolist() == from_frame.bad_rows.tolist() == [1, 2]
+    assert from_table.reasons == from_frame.reasons
+    assert from_table.reasons[0] == (
+        "feature 'plan' has unknown category 'gold' (allowed: basic, pro)"
+    )
+    pd.testing.assert_frame_equal(from_table.frame, from_frame.frame)
+    with pytest.raises(SchemaError, match="feature 'plan' has a missing value at row 2"):
+        validate(CREDIT, table)
+
+
+def test_strings_stay_python_objects_for_the_model() -> None:
+    out = validate(CREDIT, credit_frame())
+    assert out["plan"].dtype == object

@@ -493,12 +493,11 @@ class DuckDbReader(Reader):
     def chunks(self, chunk_rows: int, skip_chunks: int = 0) -> Iterator[Chunk]:
         query = f"SELECT {', '.join(_quote(c) for c in self.wanted)} FROM ({self.location.query})"
         try:
-            result = self.conn.execute(query)
-            size = min(chunk_rows, 65_536)
-            # DuckDB 2 renamed the streaming reader; 1.x still has only the old name.
-            old_name = "fetch_record_batch"
-            reader = getattr(result, "to_arrow_reader", None) or getattr(result, old_name)
-            batches = reader(size)
+            relation = self.conn.sql(query)
+            # DuckDB 2 renamed the streaming reader; 1.x has only the old name.
+            old_name = "fetch_arrow_reader"
+            reader = getattr(relation, "to_arrow_reader", None) or getattr(relation, old_name)
+            batches = reader(min(chunk_rows, 65_536))
         except Exception as exc:
             raise UnavailableError(f"input query failed: {_first_line(exc)}") from exc
         skip = skip_chunks * chunk_rows

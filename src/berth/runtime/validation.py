@@ -75,31 +75,33 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
     one, columns of different lengths) still raise."""
     rows, array = _prepare(signature, data)
     allow_unknown = signature.unknown_categories == "allow"
-    kept = np.arange(rows, dtype=np.intp)
     refused: dict[int, str] = {}
-    # A feature that fails a type check is not converted, so its later checks (ranges,
-    # categories) only see the rows left once those are gone: hence another round, until a round
-    # finds nothing. Every check is row by row, so two rounds cover almost every batch.
-    while True:
-        columns: dict[str, Array] = {}
-        found = False
+    columns: dict[str, Array] = {}
+    for feature in signature.inputs:  # in order: a row's reason is its first feature's problem
+        converted, problems = _all_problems(feature, array(feature.name), allow_unknown)
+        for row, problem in problems:
+            refused.setdefault(row, _describe(feature, problem))
+        if converted is not None:
+            columns[feature.name] = converted
+    kept = np.arange(rows, dtype=np.intp)
+    while refused and len(kept) != rows - len(refused):
+        # The good rows' columns, converted again without the bad rows (a bad value can keep a
+        # whole column from converting). Every check is row by row, so this finds nothing new;
+        # the loop is there in case it ever does.
+        kept = np.setdiff1d(kept, np.fromiter(refused, dtype=np.intp, count=len(refused)))
+        kept = kept.astype(np.intp, copy=False)
+        columns = {}
         for feature in signature.inputs:
-            values = array(feature.name)
-            if len(kept) < rows:
-                values = values[kept]
             problems = _Problems(len(kept))
-            converted = _column(feature, values, allow_unknown, problems)
+            converted = _column(
+                feature, _subset(array(feature.name), kept), allow_unknown, problems
+            )
             for row, problem in problems.rows():
                 refused.setdefault(int(kept[row]), _describe(feature, problem))
-                found = True
             if converted is not None:
                 columns[feature.name] = converted
-        if not found:
-            break
-        kept = kept[~np.isin(kept, np.fromiter(refused, dtype=np.intp, count=len(refused)))]
-        if not len(kept):
-            columns = {f.name: np.empty(0, dtype=object) for f in signature.inputs}
-            break
+    if not len(kept):
+        columns = {f.name: np.empty(0, dtype=object) for f in signature.inputs}
     bad_rows = np.array(sorted(refused), dtype=np.intp)
     return Checked(
         frame=_frame(columns, len(kept)),
@@ -108,6 +110,29 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
         bad_rows=bad_rows,
         reasons=[refused[int(r)] for r in bad_rows],
     )
+
+
+def _all_problems(
+    feature: Feature, values: Array, allow_unknown: bool
+) -> tuple[Array | None, list[tuple[int, str]]]:
+    """Every bad row of one feature, with its first problem; the converted column when there
+    are none. A value that fails a type check keeps the column from converting, so its later
+    checks (ranges, categories) run again on the rows left, until a round finds nothing."""
+    index = np.arange(len(values), dtype=np.intp)
+    found: list[tuple[int, str]] = []
+    while len(index):
+        problems = _Problems(len(index))
+        subset = values if len(index) == len(values) else _subset(values, index)
+        converted = _column(feature, subset, allow_unknown, problems)
+        if not problems.found:
+            return (converted if not found else None), found
+        found += [(int(index[row]), problem) for row, problem in problems.rows()]
+        index = index[~problems.bad]
+    return None, found
+
+
+def _subset(values: Any, index: npt.NDArray[np.intp]) -> Any:
+    return values[index] if isinstance(values, np.ndarray) else values.take(index)
 
 
 def _frame(columns: dict[str, Array], rows: int) -> pd.DataFrame:
