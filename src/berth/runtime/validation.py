@@ -78,8 +78,8 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
     refused: dict[int, str] = {}
     columns: dict[str, Array] = {}
     for feature in signature.inputs:  # in order: a row's reason is its first feature's problem
-        converted, problems = _all_problems(feature, array(feature.name), allow_unknown)
-        for row, problem in problems:
+        converted, found = _all_problems(feature, array(feature.name), allow_unknown)
+        for row, problem in found:
             refused.setdefault(row, _describe(feature, problem))
         if converted is not None:
             columns[feature.name] = converted
@@ -92,11 +92,9 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
         kept = kept.astype(np.intp, copy=False)
         columns = {}
         for feature in signature.inputs:
-            problems = _Problems(len(kept))
-            converted = _column(
-                feature, _subset(array(feature.name), kept), allow_unknown, problems
-            )
-            for row, problem in problems.rows():
+            again = _Problems(len(kept))
+            converted = _column(feature, _subset(array(feature.name), kept), allow_unknown, again)
+            for row, problem in again.rows():
                 refused.setdefault(int(kept[row]), _describe(feature, problem))
             if converted is not None:
                 columns[feature.name] = converted
