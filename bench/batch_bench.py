@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +129,7 @@ def worker_credit_floor(source: Path, target: Path) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _, features, predict_proba, classes, load_s = load_credit()
+    loaded, features, predict_proba, classes, load_s = load_credit()
     started = time.perf_counter()
     rows = 0
     writer: pq.ParquetWriter | None = None
@@ -146,18 +147,20 @@ def worker_credit_floor(source: Path, target: Path) -> dict[str, Any]:
     if writer is not None:
         writer.close()
     parquet.close()
-    return {"rows": rows, "seconds": time.perf_counter() - started, "load_s": load_s}
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": seconds, "load_s": load_s, "version": loaded.version.ref}
 
 
 def worker_credit_naive(source: Path, target: Path) -> dict[str, Any]:
     import pandas as pd
 
-    _, features, predict_proba, classes, load_s = load_credit()
+    loaded, features, predict_proba, classes, load_s = load_credit()
     started = time.perf_counter()
     df = pd.read_parquet(source)
     proba = predict_proba(df[features])
     df.assign(**{f"probability_{c}": proba[:, i] for i, c in enumerate(classes)}).to_parquet(target)
-    return {"rows": len(df), "seconds": time.perf_counter() - started, "load_s": load_s}
+    seconds = time.perf_counter() - started
+    return {"rows": len(df), "seconds": seconds, "load_s": load_s, "version": loaded.version.ref}
 
 
 def worker_sentiment_floor(source: Path, target: Path) -> dict[str, Any]:
@@ -174,7 +177,8 @@ def worker_sentiment_floor(source: Path, target: Path) -> dict[str, Any]:
     for i in range(0, len(texts), TEXT_BATCH):
         outputs = loaded.predictor.predict(pd.DataFrame({"text": texts[i : i + TEXT_BATCH]}))
         assert len(outputs["label"]) == len(texts[i : i + TEXT_BATCH])
-    return {"rows": len(texts), "seconds": time.perf_counter() - started, "load_s": load_s}
+    seconds = time.perf_counter() - started
+    return {"rows": len(texts), "seconds": seconds, "load_s": load_s, "version": loaded.version.ref}
 
 
 WORKERS = {
@@ -195,20 +199,39 @@ def run_worker(kind: str, source: Path, target: Path, result: Path) -> int:
 
 
 def run_child(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
-    """Run ``cmd`` to its end; wall time from outside, and its own rusage (``os.wait4``)."""
+    """Run ``cmd`` to its end; wall time from outside, and its own rusage (``os.wait4``).
+
+    stdout goes to ``log``; stderr is read by a thread that stamps each line with the seconds
+    since the start (into ``log``.err and ``stderr_lines``): berth's progress lines say when its
+    model load began and ended."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out, log.with_suffix(".err").open("wb") as err:
+    stamped: list[tuple[float, str]] = []
+    with log.open("wb") as out, log.with_suffix(".err").open("w") as err:
         busy0, load0 = cpu_busy_ticks(), loadavg()
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env)
+        assert proc.stderr is not None
+        pipe = proc.stderr
+
+        def drain() -> None:
+            for raw in pipe:
+                line = raw.decode(errors="replace").rstrip("\n")
+                at = time.perf_counter() - started
+                stamped.append((at, line))
+                err.write(f"[{at:9.3f}s] {line}\n")
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        reader.join()
+        pipe.close()
     busy = (cpu_busy_ticks() - busy0) / HZ
     cpu_s = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
-        tail = log.with_suffix(".err").read_text(errors="replace").splitlines()[-30:]
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n" + "\n".join(tail))
+        tail = "\n".join(line for _, line in stamped[-30:])
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{tail}")
     return {
         "wall_s": elapsed,
         "peak_rss_kb": usage.ru_maxrss,
@@ -217,7 +240,24 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
         "other_cpu_cores": max(0.0, (busy - cpu_s) / elapsed),
         "loadavg_start": load0,
         "loadavg_end": loadavg(),
+        "stderr_lines": stamped,
     }
+
+
+def phase_times(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """When berth's progress lines (``job ID: loading REF``, ``job ID: scoring with REF``,
+    ``job ID: writing the output``) arrived, in seconds since the CLI started."""
+    found: dict[str, float] = {}
+    for at, line in lines:
+        text = line.split(": ", 1)[-1]
+        for phase, prefix in (
+            ("loading", "loading "),
+            ("scoring", "scoring with "),
+            ("writing", "writing the output"),
+        ):
+            if text.startswith(prefix) and phase not in found:
+                found[phase] = at
+    return found
 
 
 def berth_run(
@@ -228,16 +268,23 @@ def berth_run(
     log = logs / f"{target.stem}.log"
     run = run_child(cmd, env, log)
     job = json.loads(log.read_text())
-    rows = int(job["rows"])
+    phases = phase_times(run.pop("stderr_lines"))
     run.update(
         {
-            "rows": rows,
+            "rows": int(job["rows"]),
             "bad_rows": int(job["errors"]),
             "seconds": run["wall_s"],  # the CLI's whole time: start, imports, model load, job
             "job_seconds": float(job["seconds"]),  # the job alone, with its model load
             "job": job["id"],
+            "version": f"{job['model']}/{job['version']}",
+            "phases_s": phases,
         }
     )
+    if "loading" in phases and "scoring" in phases:
+        # between the progress lines 'loading REF' and 'scoring with REF'; the reader thread
+        # already prepares the first chunks meanwhile, so this is the load, not idle time
+        run["load_s"] = phases["scoring"] - phases["loading"]
+        run["job_seconds_without_load"] = run["job_seconds"] - run["load_s"]
     return run
 
 
@@ -249,10 +296,12 @@ def worker_run(
     cmd += ["--worker-input", str(source), "--worker-output", str(target)]
     cmd += ["--worker-result", str(result)]
     run = run_child(cmd, env, logs / f"{target.stem}.log")
+    run.pop("stderr_lines")
     inner = json.loads(result.read_text())
     run.update(
         {
             "rows": inner["rows"],
+            "version": inner["version"],
             "seconds": inner["seconds"],  # the workload alone, model loaded beforehand
             "load_s": inner["load_s"],
             "peak_rss_kb_self": inner["peak_rss_kb"],  # getrusage inside; wait4's is the same
@@ -282,11 +331,11 @@ def measure(
     run.update({"model": model, "size": size, "setup": setup, "round": round_})
     run["rows_per_s"] = run["rows"] / run["seconds"] if run["seconds"] else float("nan")
     results.append(run)
-    extra = ""
+    load = f"load {run['load_s']:.2f} s" if "load_s" in run else "load ?"
     if "job_seconds" in run:
-        extra = f"  (job {run['job_seconds']:.2f} s, {run['bad_rows']} bad rows)"
-    if "load_s" in run:
-        extra = f"  (load {run['load_s']:.2f} s, not timed)"
+        extra = f"  (job {run['job_seconds']:.2f} s with its {load}, {run['bad_rows']} bad rows)"
+    else:
+        extra = f"  ({load}, not timed)"
     print(
         f"  {model:11} {size:>11} {setup:30} {run['rows']:>10,} rows {run['seconds']:8.2f} s"
         f" {run['rows_per_s']:10,.0f} rows/s  peak {run['peak_rss_kb'] / 1024:7.0f} MB"
@@ -386,10 +435,10 @@ def build_summary(results: dict[str, Any]) -> dict[str, Any]:
         ratios[f"credit-risk {tag}: berth / floor (rows/s, berth's job time, with its load)"] = (
             ratio(b["rows"] / b["job_seconds"], f["rows_per_s"])
         )
-        ratios[
-            f"credit-risk {tag}: berth / floor (rows/s, berth's job time minus the floor's "
-            "model load: an estimate)"
-        ] = ratio(b["rows"] / max(b["job_seconds"] - f["load_s"], 1e-9), f["rows_per_s"])
+        if "job_seconds_without_load" in b:
+            ratios[
+                f"credit-risk {tag}: berth / floor (rows/s, berth's job time minus its load)"
+            ] = ratio(b["rows"] / b["job_seconds_without_load"], f["rows_per_s"])
         ratios[f"credit-risk {tag}: berth / naive pandas (rows/s)"] = ratio(
             b["rows_per_s"], n["rows_per_s"]
         )
@@ -457,10 +506,10 @@ def build_summary(results: dict[str, Any]) -> dict[str, Any]:
             ratios[f"sentiment {tag}: berth (job time, with its load) / in-process encoder"] = (
                 ratio(b["rows"] / b["job_seconds"], f["rows_per_s"])
             )
-            ratios[
-                f"sentiment {tag}: berth (job time minus the floor's model load: an estimate) "
-                "/ in-process encoder"
-            ] = ratio(b["rows"] / max(b["job_seconds"] - f["load_s"], 1e-9), f["rows_per_s"])
+            if "job_seconds_without_load" in b:
+                ratios[f"sentiment {tag}: berth (job time minus its load) / in-process encoder"] = (
+                    ratio(b["rows"] / b["job_seconds_without_load"], f["rows_per_s"])
+                )
     return {"ratios": ratios, "targets": targets}
 
 
