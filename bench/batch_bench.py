@@ -531,9 +531,12 @@ def markdown(results: dict[str, Any]) -> str:
         "`getrusage(RUSAGE_SELF)` for the others). Thread pools at the libraries' defaults.",
         "",
         "Times: berth's is the whole CLI from outside (interpreter start, imports, model load, "
-        "job, output); 'job s' is berth's own job time (`--json` `seconds`), which still includes "
-        "its model load (not reported separately). The floor and the naive script are timed "
-        "inside their process after the model is loaded (their 'load s', not in their time). "
+        "job, output); 'job s' is berth's own job time (`--json` `seconds`), which includes its "
+        "model load. Berth does not report that load separately: its 'load s' is the time between "
+        "its progress lines `loading REF` and `scoring with REF` on stderr, stamped as they "
+        "arrived (its reader thread already prepares the first chunks meanwhile). The floor and "
+        "the naive script are timed inside their process after the model is loaded (their "
+        "'load s', with the imports `berth.load` does, is not in their time). "
         "The floor writes `customer_id` + the class probabilities; berth writes the passthrough "
         "column, `prediction_id`, model, version, label and the probabilities, and with records "
         "on, the prediction records too.",
@@ -544,10 +547,17 @@ def markdown(results: dict[str, Any]) -> str:
         f"{noise['loadavg_start']:.2f} -> {noise['loadavg_end']:.2f}.",
         "",
         *(line for n in results.get("notes", []) for line in (f"Note: {n}", "")),
-        "| model | input | setup | rows/s | time s | job s | load s | peak RSS MB | CPU cores "
-        "| other load (cores) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | input | setup | version | rows/s | time s | job s | load s | peak RSS MB "
+        "| CPU cores | other load (cores) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if not results["settings"].get("full_size", True):
+        lines[2:2] = [
+            "**Quick run**: smaller inputs than the defaults (1M / 10M rows, 100k texts); "
+            "start-up and model load weigh far more here, so these figures are not "
+            "representative of the targets.",
+            "",
+        ]
     seen: list[tuple[str, str, str]] = []
     for r in results["runs"]:
         key = (r["model"], r["size"], r["setup"])
@@ -557,11 +567,12 @@ def markdown(results: dict[str, Any]) -> str:
         r = best(results["runs"], model, size, setup)
         assert r is not None
         job = f"{r['job_seconds']:.2f}" if "job_seconds" in r else "-"
-        load = f"{r['load_s']:.2f}" if "load_s" in r else "(in job s)"
+        load = f"{r['load_s']:.2f}" if "load_s" in r else "?"
         bad = f" ({r['bad_rows']:,} bad rows)" if r.get("bad_rows") else ""
         tries = f" (best of {r['attempts']})" if r["attempts"] > 1 else ""
         lines.append(
-            f"| {model} | {size} | {setup}{bad}{tries} | {r['rows_per_s']:,.0f} | "
+            f"| {model} | {size} | {setup}{bad}{tries} | {r.get('version', '?')} | "
+            f"{r['rows_per_s']:,.0f} | "
             f"{r['seconds']:.2f} | {job} | {load} | {r['peak_rss_kb'] / 1024:,.0f} | "
             f"{r['cpu_cores']:.2f} | {r['other_cpu_cores']:.2f} |"
         )
@@ -735,6 +746,8 @@ def main() -> int:
                 "texts": args.texts,
             },
             "repeat": args.repeat,
+            "full_size": (args.rows_small, args.rows_large, args.texts, args.skip_large)
+            == (1_000_000, 10_000_000, 100_000, False),
             "row_group_rows": ROW_GROUP,
             "base_rows": BASE_ROWS,
             "seed": SEED,

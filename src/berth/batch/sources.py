@@ -87,6 +87,8 @@ class Reader:
 
 def open_reader(location: Location, wanted: Sequence[str], signature: Signature) -> Reader:
     """Open an input and check that it has every wanted column: fails before any scoring."""
+    if not location.is_database and not Path(location.target).exists():
+        raise InvalidInputError(f"input {location.target!r} does not exist")
     readers: dict[str, type[Reader]] = {
         "parquet": ParquetReader,
         "csv": CsvReader,
