@@ -17,9 +17,10 @@ read with ``os.wait4`` on its pid, the others' with ``getrusage(RUSAGE_SELF)`` a
 same script, ``--worker KIND``). Times: berth's is the CLI's whole wall time from outside, with
 interpreter start, imports and model load; the floor's and the naive script's are measured inside
 their process after the model is loaded. Berth's own job time (``--json``: ``seconds``, which
-still includes its model load) is recorded too. Thread pools are left at their defaults everywhere
-(``berth batch run`` sets none). Each run also records the CPU used by other processes on the
-machine while it ran, so a noisy machine shows in the results.
+still includes its model load) is recorded too, and its load alone from when its progress lines
+``loading REF`` and ``scoring with REF`` reach stderr. Thread pools are left at their defaults
+everywhere (``berth batch run`` sets none). Each run also records the CPU used by other processes
+on the machine while it ran, so a noisy machine shows in the results.
 
     .venv/bin/python bench/batch_bench.py [--rows-small 1000000] [--rows-large 10000000]
         [--texts 100000] [--skip-large] [--repeat 1] [--home H] [--keep]

