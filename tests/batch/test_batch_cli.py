@@ -4,6 +4,7 @@ scripts, and one-line errors with the right exit code."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -194,3 +195,43 @@ def test_schedule_then_scheduler_once_runs_the_due_job(
 
     ok(run(cli, home, "batch", "unschedule", "churn-production"))
     assert "No schedules" in ok(run(cli, home, "batch", "schedules")).stdout
+
+
+def test_serve_with_scheduler_runs_due_jobs(churn: Berth, home: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    source = write_parquet(customers(30), tmp_path / "in.parquet")
+    from berth.batch.specs import JobSpec, destination
+    from berth.batch.specs import source as src
+
+    spec = JobSpec("churn@production", src(str(source)), destination(str(tmp_path / "s.parquet")))
+    churn.jobs.create_schedule(
+        "due",
+        spec,
+        cron="0 2 * * *",
+        timezone="UTC",
+        missed="once",
+        next_run_at=datetime(2026, 1, 1, 2, tzinfo=UTC),  # long due
+        actor="tester",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    exe = Path(sys.executable).parent / "berth"
+    proc = subprocess.Popen(
+        [str(exe), "--home", str(home), "serve", "--port", "0", "--poll-interval", "0",
+         "--scheduler", "--scheduler-interval", "0.2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not churn.jobs.recent() or churn.jobs.recent()[0].status != "succeeded":
+            assert proc.poll() is None, "the server stopped"
+            assert time.monotonic() < deadline, "the scheduled job did not run"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert len(pd.read_parquet(tmp_path / "s.parquet")) == 30
+    assert churn.jobs.get_schedule("due").last_job_id == churn.jobs.recent()[0].id

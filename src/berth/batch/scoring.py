@@ -157,10 +157,27 @@ def assemble(
         errors[name] = _take(chunk.data, name, prepared.bad)
     record = None
     if n:
-        record = RecordBatch(
-            model, version, "batch", ids, prepared.checked.columns, outputs, latency_ms
-        )
+        inputs = _record_inputs(prepared, signature)
+        record = RecordBatch(model, version, "batch", ids, inputs, outputs, latency_ms)
     return Scored(chunk.index, pa.table(columns), pa.table(errors), record)
+
+
+def _record_inputs(prepared: Prepared, signature: Signature) -> dict[str, Any]:
+    """The validated inputs for the records. Text columns of an Arrow chunk go as the Arrow
+    arrays they came in (validation does not change a string): making Arrow strings again from
+    Python ones would hold the GIL that prediction needs."""
+    columns: dict[str, Any] = dict(prepared.checked.columns)
+    data = prepared.chunk.data
+    if not isinstance(data, pa.Table):
+        return columns
+    rows = None
+    for feature in signature.inputs:
+        values = data.column(feature.name)
+        if feature.dtype == "string" and pa.types.is_string(values.type):
+            if rows is None:
+                rows = pa.array(prepared.kept, type=pa.int64())
+            columns[feature.name] = values.take(rows)
+    return columns
 
 
 def prediction_ids(job_id: str, rows: np.ndarray[Any, Any]) -> pa.Array:

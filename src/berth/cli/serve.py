@@ -6,7 +6,8 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Annotated
+import threading
+from typing import Annotated, Any
 
 import typer
 
@@ -40,17 +41,25 @@ def serve(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request.")
     ] = True,
+    scheduler: Annotated[
+        bool,
+        typer.Option("--scheduler/--no-scheduler", help="Also run scheduled batch jobs when due."),
+    ] = False,
+    scheduler_interval: Annotated[
+        float, typer.Option(help="Seconds between looks for due batch runs.", min=0.1)
+    ] = 30.0,
 ) -> None:
     """Serve every model of the registry over the Open Inference Protocol v2 and /v1 JSON.
 
     Aliased versions load at start; other versions on first request. Alias moves take effect
     without a restart.
 
+    With --scheduler the server process also starts scheduled batch jobs when due (as
+    berth scheduler does), on threads beside the server: they share its cores.
+
     Example: berth serve --port 8000 --workers 2
     """
-    import uvicorn
-
-    from berth.app import SERVE_OPTIONS_ENV, ServeOptions, build_server, load_serving_configs
+    from berth.app import ServeOptions, load_serving_configs
 
     load_serving_configs(config)  # a bad file fails here, in one line, not in every worker
     options = ServeOptions(
@@ -70,6 +79,37 @@ def serve(
         f"serving {settings.home.resolve()} on http://{host}:{port} "
         f"(docs: http://{host}:{port}/docs)"
     )
+    stop = _start_scheduler(c, scheduler_interval) if scheduler else None
+    try:
+        _run(settings, options, host, port, workers)
+    finally:
+        if stop is not None:
+            stop.set()
+
+
+def _start_scheduler(c: Any, interval: float) -> threading.Event:
+    """The scheduler loop on a daemon thread of this (the main) process, never in the workers:
+    one scheduler per server, however many workers it has."""
+    from berth.batch.scheduler import Scheduler
+
+    runner = Scheduler(
+        c.jobs,
+        lambda spec, schedule_id: c.run_batch(spec, schedule_id=schedule_id),
+        interval_s=interval,
+    )
+    stop = threading.Event()
+    threading.Thread(
+        target=runner.run_forever, args=(stop,), name="berth-scheduler", daemon=True
+    ).start()
+    logging.getLogger("berth.scheduler").info("scheduler: running due batch jobs")
+    return stop
+
+
+def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    from berth.app import SERVE_OPTIONS_ENV, build_server
+
     common = {
         "host": host,
         "port": port,
