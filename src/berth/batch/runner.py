@@ -166,6 +166,7 @@ def _run(
         bad += error_rows
     total = reader.total_rows
     progress.start(job, total, rows)
+    stream = sinks.Streamed(spec.output, work)
     try:
         state = _State(rows, bad, done)
 
@@ -174,6 +175,7 @@ def _run(
                 write_records(ctx.records_root, scored.record, f"batch-{job.id}-{scored.index:06d}")
             sinks.write_part(errors, scored.index, scored.errors)
             sinks.write_part(outputs, scored.index, scored.output)  # the checkpoint
+            stream.add(scored.index, scored.output)
             state.rows += chunk_rows
             state.errors += scored.errors.num_rows
             state.chunks = scored.index + 1
@@ -196,8 +198,9 @@ def _run(
 
         _pipeline(ctx, reader.chunks(spec.chunk_rows, done), info, spec, job, commit, progress)
         progress.phase("writing the output")
-        _finish_output(spec, work, outputs, errors, info, state.errors)
+        _finish_output(spec, work, stream.finish(state.chunks), info, state.errors)
     except KeyboardInterrupt:
+        stream.drop()
         ctx.jobs.finish(
             job.id,
             "interrupted",
@@ -206,6 +209,7 @@ def _run(
         )
         raise
     except BaseException as exc:
+        stream.drop()
         message = str(exc) if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
         ctx.jobs.finish(job.id, "failed", message, seconds=spent + time.perf_counter() - started)
         raise
@@ -316,11 +320,15 @@ class _Failure:
 
 
 def _finish_output(
-    spec: JobSpec, work: Path, outputs: Path, errors: Path, info: VersionInfo, bad: int
+    spec: JobSpec, work: Path, streamed: Path | None, info: VersionInfo, bad: int
 ) -> None:
-    output_parts = sinks.parts(outputs)
-    schema = _schema(output_parts) or _empty_output(spec, info)
-    sinks.assemble(spec.output, output_parts, schema, spec.overwrite)
+    outputs, errors = work / "parts", work / "errors"
+    if streamed is not None:
+        sinks.place(streamed, spec.output, spec.overwrite)
+    else:
+        output_parts = sinks.parts(outputs)
+        schema = _schema(output_parts) or _empty_output(spec, info)
+        sinks.assemble(spec.output, output_parts, schema, spec.overwrite)
     errors_file = spec.errors_file(work)
     if bad:
         error_parts = sinks.parts(errors)

@@ -66,6 +66,78 @@ def check_free(location: Location, overwrite: bool) -> None:
         raise ConflictError(f"output {location.target!r} exists; pass --overwrite to replace it")
 
 
+class Streamed:
+    """A Parquet output written as chunks finish, beside the parts, so that the end of a job is a
+    rename instead of a pass over every part (a sixth of a 1M-row job's work). The parts remain
+    the checkpoint: a resumed job, or a chunk whose schema does not fit the file's, gives up the
+    stream and the output is assembled from the parts as for other formats."""
+
+    def __init__(self, location: Location, work: Path) -> None:
+        self.enabled = location.format == "parquet"
+        self.path = work / "output.parquet.partial"
+        self.writer: pq.ParquetWriter | None = None
+        self.chunks = 0
+
+    def add(self, index: int, table: pa.Table) -> None:
+        if not self.enabled:
+            return
+        if index != self.chunks:  # resumed: the first chunks are only in the parts
+            self.drop()
+            return
+        if self.writer is None:
+            _remove(self.path)
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        elif table.schema != self.writer.schema:
+            try:
+                table = table.cast(self.writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                self.drop()
+                return
+        self.writer.write_table(table)
+        self.chunks += 1
+
+    def finish(self, chunks: int) -> Path | None:
+        """The complete file, or None when the stream was given up."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.enabled and chunks == self.chunks and chunks > 0:
+            return self.path
+        self.drop()
+        return None
+
+    def drop(self) -> None:
+        self.enabled = False
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        _remove(self.path)
+
+
+def place(made: Path, location: Location, overwrite: bool) -> None:
+    """Move a finished output file into place: beside it first (the work folder may be on another
+    file system), then one rename."""
+    path = Path(location.target)
+    tmp = path.with_name(f".{path.name}.berth-tmp")
+    _remove(tmp)
+    try:
+        shutil.move(made, tmp)
+        _replace(tmp, path, location, overwrite)
+    finally:
+        _remove(tmp)
+
+
+def _replace(tmp: Path, path: Path, location: Location, overwrite: bool) -> None:
+    if path.exists():
+        if not overwrite:
+            raise ConflictError(
+                f"output {location.target!r} appeared while the job ran; "
+                "pass --overwrite to replace it"
+            )
+        _remove(path)
+    os.replace(tmp, path)
+
+
 def assemble(location: Location, paths: list[Path], schema: pa.Schema, overwrite: bool) -> None:
     """Make the output from the parts, atomically."""
     if location.format == "sql":
@@ -78,14 +150,7 @@ def assemble(location: Location, paths: list[Path], schema: pa.Schema, overwrite
         _remove(tmp)
         try:
             _to_file(location.format, paths, schema, tmp)
-            if path.exists():
-                if not overwrite:
-                    raise ConflictError(
-                        f"output {location.target!r} appeared while the job ran; "
-                        "pass --overwrite to replace it"
-                    )
-                _remove(path)
-            os.replace(tmp, path)
+            _replace(tmp, path, location, overwrite)
         finally:
             _remove(tmp)
 
