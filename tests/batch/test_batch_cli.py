@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -235,3 +236,25 @@ def test_serve_with_scheduler_runs_due_jobs(churn: Berth, home: Path, tmp_path: 
         proc.wait(30)
     assert len(pd.read_parquet(tmp_path / "s.parquet")) == 30
     assert churn.jobs.get_schedule("due").last_job_id == churn.jobs.recent()[0].id
+
+
+def test_the_terminal_bar_shows_rows_rate_and_errors() -> None:
+    import io
+
+    from rich.console import Console
+
+    from berth.batch.specs import JobSpec
+    from berth.cli import batch as batch_cli
+
+    screen = io.StringIO()
+    bar = batch_cli.BarProgress()
+    bar.bar.console = Console(file=screen, force_terminal=True, width=120)
+    job = SimpleNamespace(id="3f2a9c1b7d4e", reference="churn", spec=JobSpec)
+    with bar:
+        bar.start(job, 1_000, 200)  # type: ignore[arg-type]
+        bar.phase("scoring with churn/1")
+        bar.advance(600, 7, 1_000)
+    text = screen.getvalue()
+    assert "scoring with churn/1" in text
+    assert "600/1,000 rows, 7 bad" in text
+    assert "rows/s" in text

@@ -411,3 +411,17 @@ def test_jobs_are_listed_newest_first_and_found_by_prefix(churn: Berth, tmp_path
     with pytest.raises(NotFoundError, match="batch job 'zzzzzz' not found"):
         churn.jobs.get("zzzzzz")
     assert pq.read_metadata(tmp_path / "a.parquet").num_rows == 10
+
+
+def test_environment_variables_in_a_database_url_are_not_stored(
+    churn: Berth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = customers(30)
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/secret.db")
+    frame.to_sql("customers", engine, index=False)
+    engine.dispose()
+    monkeypatch.setenv("BATCH_DB_DIR", str(tmp_path))
+    url = "sqlite:///${BATCH_DB_DIR}/secret.db"
+    job = churn.run_batch(spec(url, tmp_path / "o.parquet", query="SELECT * FROM customers"))
+    assert job.rows == 30
+    assert churn.jobs.get(job.id).spec.input.target == url  # as given, not expanded

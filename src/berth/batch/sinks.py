@@ -228,7 +228,7 @@ def _sql_engine(location: Location) -> Any:
     from sqlalchemy import create_engine
 
     try:
-        return create_engine(location.target)
+        return create_engine(location.url)
     except ModuleNotFoundError as exc:
         raise MissingExtraError(exc.name or "driver", "postgres", "this database") from exc
     except Exception as exc:  # ArgumentError, NoSuchModuleError: a URL we cannot use
@@ -298,7 +298,7 @@ def _to_duckdb(location: Location, paths: list[Path], schema: pa.Schema, overwri
         import duckdb
     except ModuleNotFoundError as exc:
         raise MissingExtraError("duckdb", "duckdb", "a DuckDB output") from exc
-    path = location.target.split(":///", 1)[1]
+    path = location.url.split(":///", 1)[1]
     name = '"' + (location.table or "").replace('"', '""') + '"'
     conn = duckdb.connect(path)
     try:

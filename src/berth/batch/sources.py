@@ -416,7 +416,7 @@ class SqlReader(Reader):
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
-            self.engine = create_engine(location.target)
+            self.engine = create_engine(location.url)
         except ModuleNotFoundError as exc:
             raise MissingExtraError(exc.name or "driver", "postgres", "this database") from exc
         except Exception as exc:  # ArgumentError, NoSuchModuleError: a URL we cannot use
@@ -483,7 +483,7 @@ class DuckDbReader(Reader):
             import duckdb
         except ModuleNotFoundError as exc:
             raise MissingExtraError("duckdb", "duckdb", "a DuckDB input") from exc
-        path = location.target.split(":///", 1)[1] if ":///" in location.target else ":memory:"
+        path = location.url.split(":///", 1)[1] if ":///" in location.url else ":memory:"
         try:
             self.conn = duckdb.connect(path or ":memory:", read_only=path not in ("", ":memory:"))
             self.columns = [

@@ -7,6 +7,7 @@ same fingerprint: that is how running a command again finds the job it interrupt
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ class Location:
     @property
     def is_database(self) -> bool:
         return self.format in ("sql", "duckdb")
+
+    @property
+    def url(self) -> str:
+        """The database URL with ``${VARIABLES}`` filled in from the environment, when it is
+        opened: a password given as ``${PGPASSWORD}`` is never stored with the job."""
+        return os.path.expandvars(self.target)
 
     def describe(self) -> str:
         if self.query is not None:
