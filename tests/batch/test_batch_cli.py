@@ -247,8 +247,7 @@ def test_the_terminal_bar_shows_rows_rate_and_errors() -> None:
     from berth.cli import batch as batch_cli
 
     screen = io.StringIO()
-    bar = batch_cli.BarProgress()
-    bar.bar.console = Console(file=screen, force_terminal=True, width=120)
+    bar = batch_cli.BarProgress(Console(file=screen, force_terminal=True, width=120))
     job = SimpleNamespace(id="3f2a9c1b7d4e", reference="churn", spec=JobSpec)
     with bar:
         bar.start(job, 1_000, 200)  # type: ignore[arg-type]

@@ -340,3 +340,30 @@ def test_the_newest_version_is_looked_up_once_per_interval(client: Berth) -> Non
         assert (await path.infer("fresh", "latest", frame(1.0))).info.version == 2
 
     with_pool(client, body)
+
+
+def test_a_pool_started_again_after_close_serves_again(tmp_path) -> None:
+    """An ASGI host may run an app's lifespan twice: nothing closed may be served after."""
+    import asyncio
+
+    from tests.models import SumModel, numbers
+
+    from berth.app import Berth
+    from berth.config import Settings
+    from berth.runtime.path import InferencePath, ModelPool
+
+    async def scenario(client: Berth) -> None:
+        pool = ModelPool(client.registry, poll_interval_s=0)
+        path = InferencePath(pool)
+        await pool.start()
+        first = await path.infer("sum", None, numbers(3))
+        await pool.close()
+        await pool.start()
+        again = await path.infer("sum", None, numbers(3))
+        assert again.outputs["prediction"].tolist() == first.outputs["prediction"].tolist()
+        await pool.close()
+
+    with Berth(Settings(home=tmp_path / "home", user="tester")) as client:
+        client.register(SumModel(), "sum", training_data=numbers(), trusted=True)
+        client.set_alias("sum", "production", 1)
+        asyncio.run(scenario(client))

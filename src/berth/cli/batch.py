@@ -254,7 +254,7 @@ class _Rows(ProgressColumn):
 class BarProgress:
     """A Rich bar on a terminal: rows, rows/s, ETA, bad rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -263,7 +263,7 @@ class BarProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=stderr,
+            console=console or stderr,
             transient=False,
         )
         self.task: Any = None

@@ -165,6 +165,7 @@ class ModelPool:
 
     async def start(self, *, warm: bool = True) -> None:
         """Learn every alias; load their versions (``warm``); then follow alias moves."""
+        self._closing = False
         routes = await asyncio.to_thread(self._alias_routes)
         self.routes.update(routes)
         if warm:
@@ -176,10 +177,18 @@ class ModelPool:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def close(self) -> None:
+        """Unload everything. The pool may be started again (an ASGI host may run an app's
+        lifespan twice): nothing closed is kept."""
         self._closing = True
         if self._poller is not None:
             self._poller.cancel()
-        await asyncio.gather(*(s.close() for s in self.served.values()), return_exceptions=True)
+            self._poller = None
+        served = list(self.served.values())
+        self.served.clear()
+        self.states.clear()
+        self.routes.clear()
+        self._latest.clear()
+        await asyncio.gather(*(s.close() for s in served), return_exceptions=True)
 
     @property
     def ready(self) -> bool:
