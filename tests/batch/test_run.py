@@ -240,8 +240,10 @@ def test_max_errors_stops_the_job_and_writes_no_output(
     frame.to_csv(path, index=False)
     out = tmp_path / "o.parquet"
     with pytest.raises(StoppedError, match="more than --max-errors allows"):
-        churn.run_batch(spec(path, out, max_errors=ErrorLimit.parse(limit)))
+        churn.run_batch(spec(path, out, max_errors=ErrorLimit.parse(limit), chunk_rows=50))
     assert not out.exists()
+    found = pd.read_csv(tmp_path / "o.errors.csv")  # the bad rows so far, to look at
+    assert found["row"].tolist()[:1] == [5]
     job = churn.jobs.recent()[0]
     assert job.status == "failed"
     assert "failed validation" in job.message

@@ -192,8 +192,8 @@ def _run(
             if spec.max_errors.exceeded(state.errors, state.rows):
                 raise StoppedError(
                     f"stopped after {state.rows:,} rows: {state.errors:,} failed validation, "
-                    f"more than --max-errors allows ({spec.max_errors.describe()}); the first "
-                    f"are in {errors}"
+                    f"more than --max-errors allows ({spec.max_errors.describe()}); they are in "
+                    f"{spec.errors_file(work)}"
                 )
 
         _pipeline(ctx, reader.chunks(spec.chunk_rows, done), info, spec, job, commit, progress)
@@ -210,6 +210,8 @@ def _run(
         raise
     except BaseException as exc:
         stream.drop()
+        if isinstance(exc, StoppedError):
+            _write_errors(spec, work)  # so the bad rows can be looked at and fixed
         message = str(exc) if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
         ctx.jobs.finish(job.id, "failed", message, seconds=spent + time.perf_counter() - started)
         raise
@@ -322,25 +324,30 @@ class _Failure:
 def _finish_output(
     spec: JobSpec, work: Path, streamed: Path | None, info: VersionInfo, bad: int
 ) -> None:
-    outputs, errors = work / "parts", work / "errors"
+    outputs = work / "parts"
     if streamed is not None:
         sinks.place(streamed, spec.output, spec.overwrite)
     else:
         output_parts = sinks.parts(outputs)
         schema = _schema(output_parts) or _empty_output(spec, info)
         sinks.assemble(spec.output, output_parts, schema, spec.overwrite)
-    errors_file = spec.errors_file(work)
     if bad:
-        error_parts = sinks.parts(errors)
-        tmp = errors_file.with_name(f".{errors_file.name}.berth-tmp")
-        error_schema = _schema(error_parts)
-        assert error_schema is not None
-        sinks.write_table_file(
-            "csv", (t for t in sinks.tables(error_parts) if t.num_rows), error_schema, tmp
-        )
-        tmp.replace(errors_file)
-    elif errors_file.exists() and spec.overwrite:
-        errors_file.unlink()  # an earlier run's, no longer true
+        _write_errors(spec, work)
+    elif spec.errors_file(work).exists() and spec.overwrite:
+        spec.errors_file(work).unlink()  # an earlier run's, no longer true
+
+
+def _write_errors(spec: JobSpec, work: Path) -> None:
+    """The bad rows of the finished chunks as one CSV, replaced in one rename."""
+    errors_file = spec.errors_file(work)
+    error_parts = sinks.parts(work / "errors")
+    error_schema = _schema(error_parts)
+    if error_schema is None:
+        return
+    tmp = errors_file.with_name(f".{errors_file.name}.berth-tmp")
+    rows = (t for t in sinks.tables(error_parts) if t.num_rows)
+    sinks.write_table_file("csv", rows, error_schema, tmp)
+    tmp.replace(errors_file)
 
 
 def _schema(parts: list[Path]) -> pa.Schema | None:
