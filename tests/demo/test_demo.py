@@ -91,3 +91,21 @@ def test_a_second_demo_run_changes_nothing(demo_home: Path) -> None:
             "credit-risk": 2,
             "sentiment": 1,
         }
+
+
+@pytest.mark.text
+def test_the_demo_customer_table_scores_with_the_command_it_prints(
+    demo_home: Path, tmp_path: Path
+) -> None:
+    customers = demo_home / "demo" / "customers.parquet"
+    out = tmp_path / "scores.parquet"
+    result = CliRunner().invoke(
+        app,
+        ["--home", str(demo_home), "batch", "run", "credit-risk@production",
+         "-i", str(customers), "-o", str(out), "-p", "customer_id", "--no-records"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out)
+    assert len(scores) == 50_000
+    assert scores["customer_id"].is_unique
+    assert scores["probabilities_1"].between(0, 1).all()

@@ -51,6 +51,9 @@ def demo(ctx: typer.Context) -> None:
         "  berth models show credit-risk@production",
         f"  berth predict credit-risk@production --input {samples / 'credit-risk.json'} --table",
         f"  echo '{texts}' | berth predict sentiment -i -",
+        f"  berth batch run credit-risk@production -i {samples / 'customers.parquet'} "
+        "-o scores.parquet -p customer_id",
+        "  berth batch list",
         "",
         "With the server running (berth serve; make demo starts it on port 8000):",
         "  curl -s -X POST localhost:8000/v1/predict/credit-risk@production "

@@ -141,6 +141,12 @@ def _write_samples(folder: Path) -> None:
         (folder / file).write_bytes(
             orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
+    # A customer table for ``berth batch run``: new applicants, same features, an id to keep.
+    customers = credit.generate(rows=50_000, seed=2)[list(credit.FEATURES)]
+    customers.insert(0, "customer_id", range(100_000, 100_000 + len(customers)))
+    tmp = folder / ".customers.parquet.tmp"
+    customers.to_parquet(tmp, index=False, row_group_size=10_000)
+    tmp.replace(folder / "customers.parquet")
 
 
 def _oip_type(value: object) -> str:
