@@ -49,7 +49,7 @@ def _command(home: Path, source: Path, out: Path) -> subprocess.Popen[str]:
 
 
 def _parts(home: Path) -> int:
-    return len(list((home / "batch").glob("*/parts/part-*.parquet")))
+    return len(list((home / "batch").glob("*/parts/part-*")))
 
 
 def _kill_after(proc: subprocess.Popen[str], home: Path, parts: int) -> None:

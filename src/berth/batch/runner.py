@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from berth.batch import scoring, sinks
 from berth.batch.jobs import JobInfo, JobStore
@@ -159,14 +158,16 @@ def _run(
         stray.unlink()
     done = min(sinks.finished_parts(outputs), sinks.finished_parts(errors))
     rows = bad = 0
-    for i in range(done):
-        scored_rows = pq.read_metadata(outputs / sinks.PART.format(i)).num_rows
-        error_rows = pq.read_metadata(errors / sinks.PART.format(i)).num_rows
-        rows += scored_rows + error_rows
+    for output_part, error_part in zip(
+        sinks.parts(outputs)[:done], sinks.parts(errors)[:done], strict=True
+    ):
+        error_rows = sinks.part_rows(error_part)
+        rows += sinks.part_rows(output_part) + error_rows
         bad += error_rows
     total = reader.total_rows
     progress.start(job, total, rows)
     stream = sinks.Streamed(spec.output, work)
+    parquet_parts = spec.output.format == "parquet-folder"  # the parts become the output
     try:
         state = _State(rows, bad, done)
 
@@ -174,7 +175,8 @@ def _run(
             if scored.record is not None and spec.record:
                 write_records(ctx.records_root, scored.record, f"batch-{job.id}-{scored.index:06d}")
             sinks.write_part(errors, scored.index, scored.errors)
-            sinks.write_part(outputs, scored.index, scored.output)  # the checkpoint
+            # The checkpoint: after it, the chunk is done.
+            sinks.write_part(outputs, scored.index, scored.output, parquet=parquet_parts)
             stream.add(scored.index, scored.output)
             state.rows += chunk_rows
             state.errors += scored.errors.num_rows
@@ -353,7 +355,7 @@ def _write_errors(spec: JobSpec, work: Path) -> None:
 def _schema(parts: list[Path]) -> pa.Schema | None:
     """The parts' common schema: a chunk whose passthrough column held only nulls has a null
     column, which the other chunks' type absorbs."""
-    schemas = [pq.read_schema(p) for p in parts]
+    schemas = [sinks.part_schema(p) for p in parts]
     if not schemas:
         return None
     return pa.unify_schemas(schemas, promote_options="permissive")
