@@ -170,14 +170,19 @@ def _record_inputs(prepared: Prepared, signature: Signature) -> dict[str, Any]:
     data = prepared.chunk.data
     if not isinstance(data, pa.Table):
         return columns
-    rows = None
+    everything = len(prepared.kept) == prepared.chunk.rows
+    rows = None if everything else pa.array(prepared.kept, type=pa.int64())
     for feature in signature.inputs:
         values = data.column(feature.name)
-        if feature.dtype == "string" and pa.types.is_string(values.type):
-            if rows is None:
-                rows = pa.array(prepared.kept, type=pa.int64())
-            columns[feature.name] = values.take(rows)
+        if feature.dtype == "string" and _is_text(values.type):
+            columns[feature.name] = values if rows is None else values.take(rows)
     return columns
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    )
 
 
 def prediction_ids(job_id: str, rows: np.ndarray[Any, Any]) -> pa.Array:
@@ -187,6 +192,8 @@ def prediction_ids(job_id: str, rows: np.ndarray[Any, Any]) -> pa.Array:
 
 def _take(data: pa.Table | dict[str, Any], name: str, rows: np.ndarray[Any, Any]) -> Any:
     if isinstance(data, pa.Table):
+        if len(rows) == data.num_rows:  # every row kept (rows are ascending and unique)
+            return data.column(name)
         return data.column(name).take(pa.array(rows, type=pa.int64()))
     values = data[name][rows]
     if values.dtype == object:
