@@ -427,3 +427,38 @@ def test_environment_variables_in_a_database_url_are_not_stored(
     job = churn.run_batch(spec(url, tmp_path / "o.parquet", query="SELECT * FROM customers"))
     assert job.rows == 30
     assert churn.jobs.get(job.id).spec.input.target == url  # as given, not expanded
+
+
+def test_an_input_changed_between_attempts_is_not_mixed_in(churn: Berth, tmp_path: Path) -> None:
+    path = write_parquet(customers(120), tmp_path / "in.parquet")
+    job_spec = spec(path, tmp_path / "o.parquet")
+
+    class Stop(Exception):
+        pass
+
+    class StopOnce:
+        def start(self, *args: object) -> None: ...
+        def phase(self, text: str) -> None: ...
+        def advance(self, rows: int, errors: int, total: int | None) -> None:
+            raise Stop
+
+    with pytest.raises(Stop):
+        churn.run_batch(job_spec, progress=StopOnce())
+    stopped = churn.jobs.recent()[0]
+    changed = customers(150, seed=9)
+    write_parquet(changed, path)
+    with pytest.raises(ConflictError, match=r"changed since job .* started.*--restart"):
+        churn.run_batch(job_spec)
+
+    from dataclasses import replace
+
+    job = churn.run_batch(replace(job_spec, restart=True))
+    assert job.id != stopped.id
+    assert (job.rows, job.attempts) == (150, 1)
+    assert churn.jobs.get(stopped.id).status == "abandoned"
+    assert not (churn.settings.resolved_batch_root() / stopped.id).exists()
+    pd.testing.assert_frame_equal(
+        without_ids(pd.read_parquet(tmp_path / "o.parquet")),
+        expected(churn, changed),
+        check_dtype=False,
+    )

@@ -1,7 +1,8 @@
 """Batch jobs and schedules in the metadata database: the one place that writes their tables.
 
 Statuses: ``running`` (a process holds the job), ``interrupted`` (stopped by a signal or Ctrl-C),
-``failed`` (an error; resumable when the cause is fixed), ``succeeded``. A ``running`` job whose
+``failed`` (an error; resumable when the cause is fixed), ``succeeded``, ``abandoned`` (given up
+for a new start with ``--restart``). A ``running`` job whose
 process died (kill -9, a lost machine) looks running until someone resumes it; the resuming
 process takes the job's lock file first, which only a live process can hold.
 """
@@ -34,6 +35,7 @@ class JobInfo:
     model: str
     version: int
     source: str
+    source_stamp: str
     destination: str
     spec: JobSpec
     engine: str
@@ -91,6 +93,7 @@ class JobStore:
         actor: str,
         total_rows: int | None = None,
         schedule_id: int | None = None,
+        source_stamp: str = "",
     ) -> JobInfo:
         row = JobRow(
             id=uuid.uuid4().hex[:12],
@@ -99,6 +102,7 @@ class JobStore:
             model=model,
             version=version,
             source=spec.input.describe(),
+            source_stamp=source_stamp,
             destination=spec.output.describe(),
             spec=spec.to_dict(),
             engine=spec.engine,
@@ -329,6 +333,7 @@ def _job(row: JobRow) -> JobInfo:
         model=row.model,
         version=row.version,
         source=row.source,
+        source_stamp=row.source_stamp,
         destination=row.destination,
         spec=JobSpec.from_dict(row.spec),
         engine=row.engine,

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from berth.batch import scoring, sinks
 from berth.batch.jobs import JobInfo, JobStore
-from berth.batch.sources import Chunk, Reader, open_reader
+from berth.batch.sources import Chunk, Reader, input_stamp, open_reader
 from berth.batch.specs import JobSpec
 from berth.errors import BerthError, ConflictError, InvalidInputError
 from berth.registry.references import Reference, parse_reference
@@ -91,6 +91,9 @@ def run_job(
     """
     progress = progress or Quiet()
     existing = ctx.jobs.get(resume) if resume else ctx.jobs.resumable(spec)
+    if existing is not None and spec.restart and not resume:
+        _abandon(ctx, existing)
+        existing = None
     if existing is not None:
         if existing.status == "succeeded":
             raise ConflictError(f"job {existing.id} already succeeded; nothing to resume")
@@ -105,6 +108,12 @@ def run_job(
     try:
         sinks.check_free(spec.output, spec.overwrite)
         total = reader.total_rows
+        stamp = input_stamp(spec.input)
+        if existing is not None and existing.source_stamp != stamp:
+            raise ConflictError(
+                f"input {spec.input.describe()} changed since job {existing.id} started; "
+                "resuming would mix the two: pass --restart to start again from the first row"
+            )
         if existing is None:
             job = ctx.jobs.create(
                 spec,
@@ -113,6 +122,7 @@ def run_job(
                 actor=ctx.actor,
                 total_rows=total,
                 schedule_id=schedule_id,
+                source_stamp=stamp,
             )
         else:
             job = existing
@@ -124,6 +134,16 @@ def run_job(
             return _run(ctx, job, spec, info, reader, work, progress)
     finally:
         reader.close()
+
+
+def _abandon(ctx: BatchContext, job: JobInfo) -> None:
+    work = ctx.work_root / job.id
+    work.mkdir(parents=True, exist_ok=True)
+    with _lock(work, job):  # not while a live process runs it
+        ctx.jobs.finish(
+            job.id, "abandoned", "given up for a new start (--restart)", seconds=job.seconds
+        )
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -105,6 +105,22 @@ def open_reader(location: Location, wanted: Sequence[str], signature: Signature)
     return reader
 
 
+def input_stamp(location: Location) -> str:
+    """Size and modification time of an input file (or of every part of a folder), to tell
+    whether it changed between a job's attempts; empty for databases, which cannot say."""
+    if location.is_database:
+        return ""
+    import hashlib
+
+    path = Path(location.target)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:32]
+
+
 def rechunk(batches: Iterator[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.Table]:
     """Tables of exactly ``chunk_rows`` rows (the last one shorter) from batches of any size."""
     pending: list[pa.RecordBatch] = []

@@ -149,6 +149,8 @@ class JobSpec:
     errors_path: str | None = None
     """Where bad rows go (CSV); by default beside the output, ``NAME.errors.csv``."""
     overwrite: bool = False
+    restart: bool = False
+    """Give up an unfinished job doing the same work and start again from the first row."""
     engine: str = "local"
     ray_address: str | None = None
     record: bool = True
@@ -174,10 +176,11 @@ class JobSpec:
         return cls(**values)
 
     def fingerprint(self) -> str:
-        """Identity of the work, not of how it is watched: overwrite is left out, so a resumed
-        run may say it or not."""
+        """Identity of the work, not of how it is run: overwrite and restart are left out, so a
+        resumed run may say them or not."""
         data = self.to_dict()
         data.pop("overwrite")
+        data.pop("restart")
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def errors_file(self, work: Path) -> Path:

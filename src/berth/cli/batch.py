@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
@@ -86,6 +87,10 @@ ErrorsPath = Annotated[
     str | None, typer.Option("--errors", help="CSV for bad rows (default NAME.errors.csv).")
 ]
 Overwrite = Annotated[bool, typer.Option(help="Replace the output if it exists.")]
+Restart = Annotated[
+    bool,
+    typer.Option(help="Give up an unfinished job of this command and start from the first row."),
+]
 Engine = Annotated[str, typer.Option(help="local, or ray (needs pip install 'berth[ray]').")]
 Address = Annotated[
     str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")
@@ -142,6 +147,7 @@ def run(
     max_errors: MaxErrors = None,
     errors: ErrorsPath = None,
     overwrite: Overwrite = False,
+    restart: Restart = False,
     engine: Engine = "local",
     address: Address = None,
     records: Records = True,
@@ -173,6 +179,8 @@ def run(
         address=address,
         records=records,
     )
+    if restart:
+        spec = dataclasses.replace(spec, restart=True)
     _execute(ctx, spec, None, as_json)
 
 

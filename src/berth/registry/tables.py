@@ -145,6 +145,9 @@ class JobRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     """Pinned when the job starts: a resumed job scores with the version it started with."""
     source: Mapped[str] = mapped_column(Text)
+    source_stamp: Mapped[str] = mapped_column(String(128), default="")
+    """Size and modification time of an input file or folder when the job started: a resume on
+    an input that changed since would mix two inputs."""
     destination: Mapped[str] = mapped_column(Text)
     spec: Mapped[dict[str, Any]] = mapped_column(JsonType)
     engine: Mapped[str] = mapped_column(String(16))

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
+        sa.Column("source_stamp", sa.String(128), nullable=False),
         sa.Column("destination", sa.Text(), nullable=False),
         sa.Column("spec", JsonType, nullable=False),
         sa.Column("engine", sa.String(16), nullable=False),
