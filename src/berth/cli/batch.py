@@ -365,7 +365,9 @@ def list_jobs(
     if not jobs:
         console.print("No batch jobs yet. Start one with berth batch run.")
         return
-    table = Table("job", "version", "status", "rows", "bad", "time", "started", "input", "output")
+    table = Table("job", "version", "status", "rows", "bad", "seconds", "started", "output")
+    for column in table.columns[:-1]:  # the output path gives way, nothing else
+        column.no_wrap = True
     for j in jobs:
         table.add_row(
             j.id,
@@ -373,9 +375,8 @@ def list_jobs(
             j.status,
             f"{j.rows:,}",
             f"{j.errors:,}",
-            f"{j.seconds:.1f}s",
-            when(j.created_at),
-            j.source,
+            f"{j.seconds:.1f}",
+            j.created_at.astimezone().strftime("%m-%d %H:%M"),
             j.destination,
         )
     console.print(table)
