@@ -601,3 +601,15 @@ def test_arrow_input_gives_what_a_frame_gives() -> None:
 def test_strings_stay_python_objects_for_the_model() -> None:
     out = validate(CREDIT, credit_frame())
     assert out["plan"].dtype == object
+
+
+def test_a_null_in_an_arrow_dictionary_column_is_a_missing_value() -> None:
+    import pyarrow as pa
+
+    frame = credit_frame(plan=pd.Categorical(["basic", None, "pro"]))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    assert pa.types.is_dictionary(table.schema.field("plan").type)
+    checked = check_columns(CREDIT, table)
+    assert checked.bad_rows.tolist() == [1]
+    assert checked.reasons == ["feature 'plan' has a missing value"]
+    assert checked.frame["plan"].tolist() == ["basic", "pro"]

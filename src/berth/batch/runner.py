@@ -24,14 +24,14 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 
 from berth.batch import scoring, sinks
-from berth.batch.jobs import JobInfo, JobStore
+from berth.batch.jobs import RESUMABLE, JobInfo, JobStore
 from berth.batch.sources import Chunk, Reader, input_stamp, open_reader
 from berth.batch.specs import JobSpec
 from berth.errors import BerthError, ConflictError, InvalidInputError
 from berth.registry.references import Reference, parse_reference
 from berth.registry.service import Registry, VersionInfo
 from berth.runtime.loading import load_resolved
-from berth.runtime.records import write_records
+from berth.runtime.records import remove_records, write_records
 
 if TYPE_CHECKING:
     from berth.types import Outputs
@@ -97,6 +97,8 @@ def run_job(
     if existing is not None:
         if existing.status == "succeeded":
             raise ConflictError(f"job {existing.id} already succeeded; nothing to resume")
+        if existing.status not in RESUMABLE:
+            raise ConflictError(f"job {existing.id} was {existing.status}; it cannot be resumed")
         spec = existing.spec if resume else spec
         info = ctx.registry.resolve(Reference(existing.model, version=existing.version))
     else:
@@ -107,12 +109,14 @@ def run_job(
     reader = open_reader(spec.input, wanted, signature)
     try:
         sinks.check_free(spec.output, spec.overwrite)
+        _check_errors_file(spec, fresh=existing is None)
         total = reader.total_rows
         stamp = input_stamp(spec.input)
         if existing is not None and existing.source_stamp != stamp:
             raise ConflictError(
                 f"input {spec.input.describe()} changed since job {existing.id} started; "
-                "resuming would mix the two: pass --restart to start again from the first row"
+                "resuming would mix the two: berth batch run ... --restart starts again from "
+                "the first row"
             )
         if existing is None:
             job = ctx.jobs.create(
@@ -136,13 +140,30 @@ def run_job(
         reader.close()
 
 
+def _check_errors_file(spec: JobSpec, *, fresh: bool) -> None:
+    """The errors file's folder must exist, and a new job does not silently replace another
+    run's errors file. (A database output's errors file is named after its job: always new.)"""
+    if spec.output.is_database and not spec.errors_path:
+        return
+    path = spec.errors_file(Path("."))
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"errors file folder {str(path.parent)!r} does not exist")
+    if fresh and path.exists() and not spec.overwrite:
+        raise ConflictError(
+            f"errors file {str(path)!r} exists (an earlier run's?); pass --overwrite to replace "
+            "it, or --errors PATH"
+        )
+
+
 def _abandon(ctx: BatchContext, job: JobInfo) -> None:
+    """Give a job up for a new start: its checkpoints and its prediction records go, so that
+    no row is recorded twice."""
     work = ctx.work_root / job.id
     work.mkdir(parents=True, exist_ok=True)
     with _lock(work, job):  # not while a live process runs it
-        ctx.jobs.finish(
-            job.id, "abandoned", "given up for a new start (--restart)", seconds=job.seconds
-        )
+        message = "given up for a new start (--restart)"
+        ctx.jobs.finish(job.id, "abandoned", message, seconds=job.seconds)
+        remove_records(ctx.records_root, job.model, f"batch-{job.id}-")
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -186,6 +207,11 @@ def _run(
         bad += error_rows
     total = reader.total_rows
     progress.start(job, total, rows)
+    if spec.max_errors.exceeded(bad, rows):  # stopped before: the rows are still bad
+        _write_errors(spec, work)
+        stopped = _stopped(spec, work, rows, bad)
+        ctx.jobs.finish(job.id, "failed", str(stopped), seconds=spent)
+        raise stopped
     stream = sinks.Streamed(spec.output, work)
     parquet_parts = spec.output.format == "parquet-folder"  # the parts become the output
     try:
@@ -212,11 +238,7 @@ def _run(
             )
             progress.advance(state.rows, state.errors, estimate)
             if spec.max_errors.exceeded(state.errors, state.rows):
-                raise StoppedError(
-                    f"stopped after {state.rows:,} rows: {state.errors:,} failed validation, "
-                    f"more than --max-errors allows ({spec.max_errors.describe()}); they are in "
-                    f"{spec.errors_file(work)}"
-                )
+                raise _stopped(spec, work, state.rows, state.errors)
 
         _pipeline(ctx, reader.chunks(spec.chunk_rows, done), info, spec, job, commit, progress)
         progress.phase("writing the output")
@@ -233,13 +255,21 @@ def _run(
     except BaseException as exc:
         stream.drop()
         if isinstance(exc, StoppedError):
-            _write_errors(spec, work)  # so the bad rows can be looked at and fixed
+            with contextlib.suppress(Exception):  # the job's failure is the news, not this
+                _write_errors(spec, work)  # so the bad rows can be looked at and fixed
         message = str(exc) if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
         ctx.jobs.finish(job.id, "failed", message, seconds=spent + time.perf_counter() - started)
         raise
     finished = ctx.jobs.finish(job.id, "succeeded", seconds=spent + time.perf_counter() - started)
     shutil.rmtree(work, ignore_errors=True)
     return finished
+
+
+def _stopped(spec: JobSpec, work: Path, rows: int, bad: int) -> StoppedError:
+    return StoppedError(
+        f"stopped after {rows:,} rows: {bad:,} failed validation, more than --max-errors allows "
+        f"({spec.max_errors.describe()}); they are in {spec.errors_file(work)}"
+    )
 
 
 @dataclass
@@ -347,15 +377,15 @@ def _finish_output(
     spec: JobSpec, work: Path, streamed: Path | None, info: VersionInfo, bad: int
 ) -> None:
     outputs = work / "parts"
+    if bad:  # first: a failure here leaves no output in place that a rerun would refuse
+        _write_errors(spec, work)
     if streamed is not None:
         sinks.place(streamed, spec.output, spec.overwrite)
     else:
         output_parts = sinks.parts(outputs)
         schema = _schema(output_parts) or _empty_output(spec, info)
         sinks.assemble(spec.output, output_parts, schema, spec.overwrite)
-    if bad:
-        _write_errors(spec, work)
-    elif spec.errors_file(work).exists() and spec.overwrite:
+    if not bad and spec.errors_file(work).exists() and spec.overwrite:
         spec.errors_file(work).unlink()  # an earlier run's, no longer true
 
 
@@ -378,10 +408,25 @@ def _schema(parts: list[Path]) -> pa.Schema | None:
     schemas = [sinks.part_schema(p) for p in parts]
     if not schemas:
         return None
-    return pa.unify_schemas(schemas, promote_options="permissive")
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        # A column that is a number in one chunk and text in another (a passthrough id that is
+        # "A3" once): text for all, as within one chunk.
+        kinds: dict[str, set[pa.DataType]] = {}
+        for schema in schemas:
+            for field in schema:
+                kinds.setdefault(field.name, set()).add(field.type)
+        fields = []
+        for field in schemas[0]:
+            known = kinds[field.name] - {pa.null()}
+            kind = pa.string() if len(known) > 1 else next(iter(known), field.type)
+            fields.append(pa.field(field.name, kind))
+        return pa.schema(fields)
 
 
 def _empty_output(spec: JobSpec, info: VersionInfo) -> pa.Schema:
+    """The output's columns for an input without rows: typed as a non-empty run's would be
+    (passthrough columns, whose type only data tells, as text)."""
     fields = [pa.field(name, pa.string()) for name in spec.passthrough]
-    fields += [pa.field(name, pa.string()) for name in scoring.output_names(info.signature)]
-    return pa.schema(fields)
+    return pa.schema(fields + scoring.output_fields(info.signature))

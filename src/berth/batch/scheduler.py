@@ -82,7 +82,9 @@ def render(spec: JobSpec, scheduled_for: datetime, timezone: str) -> JobSpec:
         fill(output.target) or output.target, output.format, output.query, fill(output.table)
     )
     errors = fill(spec.errors_path)
-    return replace(spec, output=filled, errors_path=errors)
+    # Each run is its own: an earlier run that failed or was interrupted is given up, not
+    # resumed on what is by now other data.
+    return replace(spec, output=filled, errors_path=errors, restart=True)
 
 
 class Scheduler:
@@ -132,7 +134,12 @@ class Scheduler:
         return started
 
     def _start(self, schedule: ScheduleInfo, spec: JobSpec, claimed: datetime) -> JobInfo | None:
-        log.info("schedule %s: starting %s -> %s", schedule.name, spec.reference, spec.output)
+        log.info(
+            "schedule %s: starting %s -> %s",
+            schedule.name,
+            spec.reference,
+            spec.output.describe(),
+        )
         try:
             job = self.run(spec, schedule.id)
         except Exception as exc:  # the scheduler goes on; the schedule keeps the reason

@@ -62,6 +62,24 @@ def output_names(signature: Signature) -> list[str]:
     return names
 
 
+def output_fields(signature: Signature) -> list[pa.Field]:
+    """The typed fields of :func:`output_names`: what an output without rows still declares."""
+    fields = [
+        pa.field("prediction_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("version", pa.int32()),
+    ]
+    for out in signature.outputs:
+        base = pa.string() if out.dtype == "string" else pa.from_numpy_dtype(np.dtype(out.dtype))
+        if len(out.shape) == 2 and out.classes is not None and out.shape[1] == len(out.classes):
+            fields += [pa.field(f"{out.name}_{c}", base) for c in out.classes]
+        elif len(out.shape) == 2:
+            fields.append(pa.field(out.name, pa.list_(base)))
+        else:
+            fields.append(pa.field(out.name, base))
+    return fields
+
+
 def check_passthrough(signature: Signature, passthrough: tuple[str, ...]) -> None:
     clash = sorted(set(passthrough) & set(output_names(signature)))
     if clash:

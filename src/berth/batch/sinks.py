@@ -103,7 +103,8 @@ def tables(paths: list[Path]) -> Iterator[pa.Table]:
 def check_free(location: Location, overwrite: bool) -> None:
     """Fail fast when the output exists and the job may not replace it."""
     if location.is_database:
-        if location.format == "sql" and not overwrite and _sql_table_exists(location):
+        exists = _sql_table_exists if location.format == "sql" else _duckdb_table_exists
+        if not overwrite and exists(location):
             raise ConflictError(
                 f"output table {location.table!r} exists; pass --overwrite to replace it"
             )
@@ -293,6 +294,22 @@ def _sql_table_exists(location: Location) -> bool:
         raise UnavailableError(f"output database: {str(exc).splitlines()[0]}") from exc
     finally:
         engine.dispose()
+
+
+def _duckdb_table_exists(location: Location) -> bool:
+    try:
+        import duckdb
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError("duckdb", "duckdb", "a DuckDB output") from exc
+    path = location.url.split(":///", 1)[1]
+    if not Path(path).exists():
+        return False
+    with duckdb.connect(path, read_only=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            [location.table],
+        ).fetchone()
+    return bool(found and found[0])
 
 
 def _sql_type(kind: pa.DataType) -> Any:

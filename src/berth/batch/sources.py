@@ -181,13 +181,15 @@ class ParquetReader(Reader):
 
         def batches() -> Iterator[pa.RecordBatch]:
             to_skip = skip
+            started = False  # once a group is kept, every later one is read whole
             for file in self.files:
                 groups = []
                 for g in range(file.metadata.num_row_groups):
                     n = file.metadata.row_group(g).num_rows
-                    if to_skip >= n:
+                    if not started and to_skip >= n:
                         to_skip -= n
                         continue
+                    started = True
                     groups.append(g)
                 if not groups:
                     continue
@@ -239,7 +241,9 @@ class _TextReader(Reader):
             raise InvalidInputError(f"input {location.target!r} is empty")
 
     def estimate_total(self, rows_read: int) -> int | None:
-        if not self.file.done or not rows_read:
+        """Rows read so far scaled by the share of bytes read; unknown once the reader has
+        buffered the whole file ahead of the rows handed out."""
+        if not self.file.done or not rows_read or self.file.done >= self.file.size:
             return None
         return max(rows_read, int(rows_read * self.file.size / self.file.done))
 
@@ -277,6 +281,8 @@ class CsvReader(_TextReader):
             convert_options=csv.ConvertOptions(
                 include_columns=self.wanted,
                 column_types=dict.fromkeys(self.wanted, pa.string()),
+                # Only an empty field is missing: "NA", "null" or "nan" may be a real text or id.
+                null_values=[""],
                 strings_can_be_null=True,
             ),
         )
@@ -351,33 +357,51 @@ def _per_value(text: np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
     return out
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 class JsonlReader(_TextReader):
     """One JSON object per line, decoded with orjson. Why not pyarrow's JSON reader: it fails a
     whole block on one bad line and infers types per block; here a bad line refuses its row
     alone (with its line number) and values keep their JSON types for validation to judge."""
 
+    PEEK = 1000
+    """Records whose keys stand for the file's columns in the fail-fast check."""
+
     def __init__(self, location: Location, wanted: Sequence[str], signature: Signature) -> None:
         super().__init__(location, wanted, signature)
-        first = None
-        for number, line in enumerate(self.file.raw, start=1):
+        keys: dict[str, None] = {}
+        seen = 0
+        for number, raw in enumerate(self.file.raw, start=1):
+            line = raw.removeprefix(_BOM) if number == 1 else raw
             if not line.strip():
                 continue
             try:
-                first = orjson.loads(line)
+                record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                if seen:
+                    continue  # a bad line later on refuses its own row
                 self.close()
                 raise InvalidInputError(
                     f"{location.target}: line {number} is not JSON: {exc}"
                 ) from exc
-            break
-        if not isinstance(first, dict):
+            if not isinstance(record, dict):
+                if seen:
+                    continue
+                self.close()
+                raise InvalidInputError(
+                    f"{location.target}: line {number} is not a JSON object (one record per line)"
+                )
+            keys.update(dict.fromkeys(record))
+            seen += 1
+            if seen == self.PEEK:
+                break
+        if not seen:
             self.close()
-            raise InvalidInputError(
-                f"{location.target}: the first line is not a JSON object (one record per line)"
-            )
-        # The first record stands for the file: a key missing there is missing everywhere
-        # for the fail-fast check; records that lack a key later refuse their row alone.
-        self.columns = list(first)
+            raise InvalidInputError(f"{location.target} holds no JSON records")
+        # A key that none of the first records has is taken as missing from the file; a
+        # record that lacks a key later refuses its row alone.
+        self.columns = list(keys)
 
     def chunks(self, chunk_rows: int, skip_chunks: int = 0) -> Iterator[Chunk]:
         self.file.raw.seek(0)
@@ -388,6 +412,8 @@ class JsonlReader(_TextReader):
         records: list[dict[str, Any] | None] = []
         failed: list[tuple[int, str]] = []
         for number, line in enumerate(iter(self.file.readline, b""), start=1):
+            if number == 1:
+                line = line.removeprefix(_BOM)
             if not line.strip():
                 continue
             row += 1

@@ -57,6 +57,7 @@ def source(target: str, fmt: str | None = None, query: str | None = None) -> Loc
     if _is_url(target):
         if not query:
             raise InvalidInputError(f"input {_hide_password(target)} is a database: pass --query")
+        query = query.strip().rstrip(";").rstrip()  # a query is wrapped: no statement end
         return Location(target, _database_format(target), query=query)
     if query:
         raise InvalidInputError("--query reads from a database: give a database URL as --input")
@@ -85,7 +86,8 @@ def destination(target: str, fmt: str | None = None, table: str | None = None) -
         fmt = _file_format(path, "output")
     elif fmt not in (*FILE_FORMATS, "parquet-folder"):
         raise InvalidInputError(f"unknown output format {fmt!r}; use {', '.join(FILE_FORMATS)}")
-    if not path.resolve().parent.is_dir():
+    templated = "{" in str(path.parent)  # a schedule's {date} folder: made when it runs
+    if not templated and not path.resolve().parent.is_dir():
         raise InvalidInputError(f"output folder {str(path.parent)!r} does not exist")
     return Location(str(path.resolve()), fmt)
 
@@ -107,7 +109,10 @@ class ErrorLimit:
             if raw.endswith("%"):
                 return cls._fraction(float(raw[:-1]) / 100.0, text)
             if "." in raw or "e" in raw.lower():
-                return cls._fraction(float(raw), text)
+                value = float(raw)
+                if value >= 1 and value.is_integer():
+                    return cls(count=int(value))  # 1e3: a count written as a float
+                return cls._fraction(value, text)
             count = int(raw)
         except ValueError:
             raise InvalidInputError(
@@ -119,8 +124,8 @@ class ErrorLimit:
 
     @classmethod
     def _fraction(cls, value: float, text: str) -> ErrorLimit:
-        if not 0.0 <= value < 1.0:
-            raise InvalidInputError(f"--max-errors {text!r}: a fraction must be in [0, 1)")
+        if not 0.0 <= value <= 1.0:
+            raise InvalidInputError(f"--max-errors {text!r}: a fraction must be in [0, 1]")
         return cls(fraction=value)
 
     def exceeded(self, errors: int, rows: int) -> bool:

@@ -331,17 +331,18 @@ class LineProgress:
 
     def advance(self, rows: int, errors: int, total: int | None) -> None:
         now = time.monotonic()
-        if now - self.last < self.every_s and (total is None or rows < total):
-            return
+        done = total is not None and rows >= total
+        if now - self.last < self.every_s and not (done and self.last):
+            return  # the first line comes after every_s; the last when the count is reached
         self.last = now
         rate = (rows - self.first_rows) / max(now - self.began, 1e-9)
+        of = f"/{total:,}" if total else ""
         share = f" ({rows / total:.0%})" if total else ""
         eta = ""
         if total and rate > 0:
-            eta = f", eta {timedelta(seconds=round((total - rows) / rate))}"
+            eta = f", eta {timedelta(seconds=round(max(total - rows, 0) / rate))}"
         stderr.print(
-            f"job {self.job}: {rows:,}/{total or '?':,} rows{share}, {errors:,} bad, "
-            f"{rate:,.0f} rows/s{eta}"
+            f"job {self.job}: {rows:,}{of} rows{share}, {errors:,} bad, {rate:,.0f} rows/s{eta}"
         )
 
 

@@ -262,6 +262,11 @@ def _arrow_column(feature: Feature, values: Any, allow_unknown: bool, p: _Proble
     import pyarrow.compute as pc
 
     kind = values.type
+    if pa.types.is_dictionary(kind):
+        # Decoded first: numpy conversion of a dictionary column turns a null into the last
+        # category (pandas' code -1), which would be scored as a real value.
+        values = values.cast(kind.value_type)
+        kind = values.type
     if feature.dtype != "string" or not (
         pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
     ):
