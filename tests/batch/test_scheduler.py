@@ -195,3 +195,39 @@ def test_schedule_names_are_unique_and_deletable(churn: Berth, tmp_path: Path) -
         churn.jobs.get_schedule("nightly")
     actions = [e.action for e in churn.registry.audit_log("schedule/")]
     assert actions == ["schedule.create", "schedule.pause", "schedule.delete"]
+
+
+def test_a_run_after_a_failed_run_starts_over_on_the_new_input(
+    churn: Berth, tmp_path: Path
+) -> None:
+    """Nightly runs with one fixed output: a run that failed (bad rows) does not block or get
+    resumed by the next run on fixed data."""
+    from berth.batch.specs import ErrorLimit
+
+    source = tmp_path / "in.csv"
+    bad = customers(60).astype(object)
+    bad.loc[5, "plan"] = "gold"
+    bad.to_csv(source, index=False)
+    job = spec(source, tmp_path / "latest.csv", max_errors=ErrorLimit.parse("0"), overwrite=True)
+    churn.jobs.create_schedule(
+        "fixed",
+        job,
+        cron="0 2 * * *",
+        timezone="UTC",
+        missed="once",
+        next_run_at=next_run("0 2 * * *", "UTC", T0),
+        actor="tester",
+    )
+    clock = Clock(T0 + timedelta(minutes=31))
+    scheduler = _scheduler(churn, clock)
+    scheduler.tick()
+    assert _wait(scheduler) == [None]  # stopped by --max-errors 0
+
+    customers(60).to_csv(source, index=False)  # fixed for the next night
+    clock.now += timedelta(days=1)
+    scheduler = _scheduler(churn, clock)
+    scheduler.tick()
+    (done,) = _wait(scheduler)
+    assert done is not None
+    assert (done.status, done.rows, done.errors) == ("succeeded", 60, 0)
+    assert [j.status for j in churn.jobs.recent()] == ["succeeded", "abandoned"]
