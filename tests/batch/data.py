@@ -90,3 +90,22 @@ def register_churn(client: Berth, churn_model: Any) -> None:
     model, training = churn_model
     client.register(model, "churn", training_data=training)
     client.set_alias("churn", "production", 1)
+
+
+class Stop(Exception):
+    """Raised by :class:`StopAfter`: a job stopped half-way, as by a crash."""
+
+
+class StopAfter:
+    """A progress watcher that stops the job once ``rows`` rows are done."""
+
+    def __init__(self, rows: int = 1) -> None:
+        self.rows = rows
+
+    def start(self, *args: object) -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+    def advance(self, rows: int, errors: int, total: int | None) -> None:
+        if rows >= self.rows:
+            raise Stop

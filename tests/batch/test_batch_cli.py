@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from sqlalchemy import text
-from tests.batch.data import customers, expected, without_ids, write_parquet
+from tests.batch.data import Stop, StopAfter, customers, expected, without_ids, write_parquet
 from tests.cli.test_cli import CLEAN_ENV, assert_error, ok
 from typer.testing import CliRunner, Result
 
@@ -145,17 +145,8 @@ def test_resume_by_id_finishes_a_stopped_job(
 
     spec = JobSpec("churn", src(str(source)), destination(str(out)), ("id",), chunk_rows=30)
 
-    class Stop(Exception):
-        pass
-
-    class StopOnce:
-        def start(self, *args: object) -> None: ...
-        def phase(self, text: str) -> None: ...
-        def advance(self, rows: int, errors: int, total: int | None) -> None:
-            raise Stop
-
     with pytest.raises(Stop):
-        churn.run_batch(spec, progress=StopOnce())
+        churn.run_batch(spec, progress=StopAfter(1))
     job = churn.jobs.recent()[0]
     result = ok(run(cli, home, "batch", "resume", job.id))
     assert f"job {job.id}: churn (90 rows, resuming at row 30)" in result.stderr

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from tests.batch.data import customers, expected, spec, without_ids
+from tests.batch.data import Stop, StopAfter, customers, expected, spec, without_ids
 from tests.cli.test_cli import CLEAN_ENV
 from typer.testing import CliRunner
 
@@ -23,25 +23,6 @@ from berth.batch.specs import ErrorLimit
 from berth.cli.main import app
 from berth.errors import ConflictError, InvalidInputError
 from berth.runtime.records import read_records
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAfter:
-    """A progress watcher that stops the job once ``rows`` rows are done."""
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-
-    def start(self, *args: object) -> None: ...
-
-    def phase(self, text: str) -> None: ...
-
-    def advance(self, rows: int, errors: int, total: int | None) -> None:
-        if rows >= self.rows:
-            raise Stop
 
 
 def test_resuming_skips_exactly_the_finished_rows_across_uneven_row_groups(

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from tests.batch.data import customers, expected, spec, without_ids, write_parquet
+from tests.batch.data import Stop, StopAfter, customers, expected, spec, without_ids, write_parquet
 
 from berth.app import Berth
 from berth.batch.runner import StoppedError
@@ -347,17 +347,8 @@ def test_a_job_holding_its_lock_is_not_run_twice(churn: Berth, tmp_path: Path) -
     path = write_parquet(customers(60), tmp_path / "in.parquet")
     job_spec = spec(path, tmp_path / "o.parquet")
 
-    class Stop(Exception):
-        pass
-
-    class StopAfterFirstChunk:
-        def start(self, *args: object) -> None: ...
-        def phase(self, text: str) -> None: ...
-        def advance(self, rows: int, errors: int, total: int | None) -> None:
-            raise Stop
-
     with pytest.raises(Stop):
-        churn.run_batch(job_spec, progress=StopAfterFirstChunk())
+        churn.run_batch(job_spec, progress=StopAfter(1))
     job = churn.jobs.recent()[0]
     lock = churn.settings.resolved_batch_root() / job.id / "lock"
     with lock.open("w") as held:  # as a live process running the job would
@@ -375,9 +366,6 @@ def test_the_parts_of_a_chunk_are_the_checkpoint(churn: Berth, tmp_path: Path) -
     path = write_parquet(frame, tmp_path / "in.parquet")
     job_spec = spec(path, tmp_path / "o.parquet")
     seen: list[int] = []
-
-    class Stop(Exception):
-        pass
 
     class StopAfterTwo:
         def start(self, job: object, total: int | None, rows: int) -> None:
@@ -433,17 +421,8 @@ def test_an_input_changed_between_attempts_is_not_mixed_in(churn: Berth, tmp_pat
     path = write_parquet(customers(120), tmp_path / "in.parquet")
     job_spec = spec(path, tmp_path / "o.parquet")
 
-    class Stop(Exception):
-        pass
-
-    class StopOnce:
-        def start(self, *args: object) -> None: ...
-        def phase(self, text: str) -> None: ...
-        def advance(self, rows: int, errors: int, total: int | None) -> None:
-            raise Stop
-
     with pytest.raises(Stop):
-        churn.run_batch(job_spec, progress=StopOnce())
+        churn.run_batch(job_spec, progress=StopAfter(1))
     stopped = churn.jobs.recent()[0]
     changed = customers(150, seed=9)
     write_parquet(changed, path)

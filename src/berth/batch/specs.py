@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from berth.errors import InvalidInputError
+from berth.runtime.files import format_of
 
 FILE_FORMATS = ("parquet", "csv", "jsonl")
 DEFAULT_CHUNK_ROWS = 100_000
@@ -207,15 +208,7 @@ def _database_format(url: str) -> str:
 
 
 def _file_format(path: Path, what: str) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    aliases = {"pq": "parquet", "parq": "parquet", "ndjson": "jsonl"}
-    fmt = aliases.get(suffix, suffix)
-    if fmt not in FILE_FORMATS:
-        raise InvalidInputError(
-            f"cannot tell the format of {what} {path.name!r} from its suffix; use "
-            f".{', .'.join(FILE_FORMATS)} or pass --{what}-format"
-        )
-    return fmt
+    return format_of(path, FILE_FORMATS, f"{what} ", f"--{what}-format")
 
 
 def _hide_password(url: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from berth.batch.specs import DEFAULT_CHUNK_ROWS, ErrorLimit, JobSpec, destinati
 from berth.errors import InvalidInputError
 
 from .context import client
-from .output import bold, console, fields, print_json, when
+from .output import bold, console, fields, log_to_stderr, print_json, when
 
 if TYPE_CHECKING:
     from berth.batch.jobs import JobInfo, ScheduleInfo
@@ -546,18 +545,10 @@ def scheduler(
 
     Example: berth scheduler --interval 30
     """
-    import logging
-
     from berth.batch.scheduler import Scheduler
 
     c = client(ctx)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    for logger_name in ("berth.scheduler", "berth.batch"):
-        logger = logging.getLogger(logger_name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    log_to_stderr(("berth.scheduler", "berth.batch"), "%(asctime)s %(message)s")
     runner = Scheduler(
         c.jobs,
         lambda spec, schedule_id: c.run_batch(spec, schedule_id=schedule_id),

@@ -79,3 +79,16 @@ def fields(title: str, rows: list[tuple[str, str]]) -> None:
     for name, value in rows:
         grid.add_row(name, value)
     console.print(grid)
+
+
+def log_to_stderr(names: tuple[str, ...], fmt: str = "%(message)s") -> None:
+    """Show these loggers' INFO lines on stderr (long-running commands: serve, scheduler)."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from .context import client
-from .output import console
+from .output import console, log_to_stderr
 
 
 def serve(
@@ -74,7 +74,7 @@ def serve(
     )
     c = client(ctx)
     settings = c.settings
-    _configure_logging()
+    log_to_stderr(("berth", "uvicorn.error"))
     console.print(
         f"serving {settings.home.resolve()} on http://{host}:{port} "
         f"(docs: http://{host}:{port}/docs)"
@@ -125,13 +125,3 @@ def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> Non
     if settings.database_url:
         os.environ["BERTH_DATABASE_URL"] = settings.database_url
     uvicorn.run("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
-
-
-def _configure_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("berth", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO)
-        logger.propagate = False

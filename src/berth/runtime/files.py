@@ -29,7 +29,7 @@ def read_input(source: str, fmt: str | None = None) -> Any:
     path = Path(source)
     if not path.is_file():
         raise InvalidInputError(f"input file {source!r} does not exist")
-    fmt = fmt or _format_of(path)
+    fmt = fmt or format_of(path)
     if fmt == "parquet":
         import pandas as pd
 
@@ -40,18 +40,19 @@ def read_input(source: str, fmt: str | None = None) -> Any:
     return _decode(path.read_bytes(), fmt, source)
 
 
-def _format_of(path: Path) -> str:
+def format_of(
+    path: Path, formats: tuple[str, ...] = FORMATS, what: str = "", option: str = "--format"
+) -> str:
+    """The format a file's suffix names (``.pq`` is Parquet, ``.ndjson`` JSONL), one of
+    ``formats``; a one-line error naming the file otherwise."""
     suffix = path.suffix.lower().lstrip(".")
-    if suffix in ("ndjson",):
-        return "jsonl"
-    if suffix in ("pq", "parq"):
-        return "parquet"
-    if suffix not in FORMATS:
+    fmt = {"ndjson": "jsonl", "pq": "parquet", "parq": "parquet"}.get(suffix, suffix)
+    if fmt not in formats:
         raise InvalidInputError(
-            f"cannot tell the format of {path.name!r} from its suffix; "
-            f"use one of .{', .'.join(FORMATS)} or pass --format"
+            f"cannot tell the format of {what}{path.name!r} from its suffix; "
+            f"use one of .{', .'.join(formats)} or pass {option}"
         )
-    return suffix
+    return fmt
 
 
 def _sniff(raw: bytes) -> str:
