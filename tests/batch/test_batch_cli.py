@@ -248,3 +248,17 @@ def test_the_terminal_bar_shows_rows_rate_and_errors() -> None:
     assert "scoring with churn/1" in text
     assert "600/1,000 rows, 7 bad" in text
     assert "rows/s" in text
+
+
+def test_json_output_masks_a_password_in_a_database_url(
+    churn: Berth, cli: CliRunner, home: Path, tmp_path: Path
+) -> None:
+    source = write_parquet(customers(5), tmp_path / "in.parquet")
+    url = "postgresql+psycopg://app:s3cret@127.0.0.1:5432/scores"
+    ok(
+        run(cli, home, "batch", "schedule", "churn", "--cron", "0 2 * * *",
+            "-i", str(source), "-o", url, "--table", "t")
+    )  # fmt: skip
+    shown = ok(run(cli, home, "batch", "schedules", "--json")).stdout
+    assert "s3cret" not in shown
+    assert "app:***@127.0.0.1" in shown

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,14 @@ class JobSpec:
         values["max_errors"] = ErrorLimit(**values["max_errors"])
         values["passthrough"] = tuple(values["passthrough"])
         return cls(**values)
+
+    def redacted(self) -> JobSpec:
+        """For showing: a password written into a database URL is masked."""
+        return replace(
+            self,
+            input=replace(self.input, target=_hide_password(self.input.target)),
+            output=replace(self.output, target=_hide_password(self.output.target)),
+        )
 
     def fingerprint(self) -> str:
         """Identity of the work, not of how it is run: overwrite and restart are left out, so a

@@ -208,7 +208,7 @@ def _execute(ctx: typer.Context, spec: JobSpec, resume_id: str | None, as_json: 
             stderr.print("interrupted: run the same command (or berth batch resume) to finish")
             raise typer.Exit(130) from None
     if as_json:
-        print_json(job)
+        print_json(_shown(job))
         return
     rate = job.rows / job.seconds if job.seconds else 0.0
     bold(
@@ -220,6 +220,11 @@ def _execute(ctx: typer.Context, spec: JobSpec, resume_id: str | None, as_json: 
         console.print(
             f"{job.errors:,} row(s) failed validation: {job.spec.errors_file(_work(c, job))}"
         )
+
+
+def _shown(item: Any) -> Any:
+    """A job or schedule for printing: passwords in its database URLs masked."""
+    return dataclasses.replace(item, spec=item.spec.redacted())
 
 
 def _work(c: Any, job: JobInfo) -> Any:
@@ -360,7 +365,7 @@ def list_jobs(
     """
     jobs = client(ctx).jobs.recent(limit=limit, status=status)
     if as_json:
-        print_json(jobs)
+        print_json([_shown(j) for j in jobs])
         return
     if not jobs:
         console.print("No batch jobs yet. Start one with berth batch run.")
@@ -395,7 +400,7 @@ def show(
     c = client(ctx)
     j = c.jobs.get(job)
     if as_json:
-        print_json(j)
+        print_json(_shown(j))
         return
     total = f"{j.total_rows:,}" if j.total_rows is not None else "?"
     rate = f"{j.rows / j.seconds:,.0f} rows/s" if j.seconds else "-"
@@ -486,7 +491,7 @@ def schedule(
         label, spec, cron=cron, timezone=timezone, missed=missed, next_run_at=first, actor=c.actor
     )
     if as_json:
-        print_json(found)
+        print_json(_shown(found))
         return
     bold(f"schedule {found.name}: ", f"{found.cron} ({found.timezone}), next run {when(first)}")
     console.print("runs when a scheduler is up: berth scheduler, or berth serve --scheduler")
@@ -500,7 +505,7 @@ def schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """
     found = client(ctx).jobs.schedules()
     if as_json:
-        print_json(found)
+        print_json([_shown(s) for s in found])
         return
     if not found:
         console.print("No schedules. Add one with berth batch schedule.")
