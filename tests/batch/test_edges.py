@@ -60,6 +60,10 @@ def test_a_job_stopped_by_max_errors_stays_stopped_when_run_again(
             churn.run_batch(job_spec)
     assert not (tmp_path / "o.csv").exists()
     assert len(pd.read_csv(tmp_path / "o.errors.csv")) == 3
+    customers(300).to_csv(path, index=False)  # fixed: a restart needs no --overwrite
+    job = churn.run_batch(replace(job_spec, restart=True))
+    assert (job.status, job.errors) == ("succeeded", 0)
+    assert not (tmp_path / "o.errors.csv").exists()
 
 
 def test_a_column_typed_differently_between_chunks_becomes_text(

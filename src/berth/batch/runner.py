@@ -156,14 +156,15 @@ def _check_errors_file(spec: JobSpec, *, fresh: bool) -> None:
 
 
 def _abandon(ctx: BatchContext, job: JobInfo) -> None:
-    """Give a job up for a new start: its checkpoints and its prediction records go, so that
-    no row is recorded twice."""
+    """Give a job up for a new start: its checkpoints, prediction records and errors file go, so
+    that no row is recorded twice."""
     work = ctx.work_root / job.id
     work.mkdir(parents=True, exist_ok=True)
     with _lock(work, job):  # not while a live process runs it
         message = "given up for a new start (--restart)"
         ctx.jobs.finish(job.id, "abandoned", message, seconds=job.seconds)
         remove_records(ctx.records_root, job.model, f"batch-{job.id}-")
+        job.spec.errors_file(work).unlink(missing_ok=True)  # its bad rows, written when it stopped
     shutil.rmtree(work, ignore_errors=True)
 
 
