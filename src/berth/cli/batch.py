@@ -90,7 +90,7 @@ Restart = Annotated[
     bool,
     typer.Option(help="Give up an unfinished job of this command and start from the first row."),
 ]
-Engine = Annotated[str, typer.Option(help="local, or ray (needs pip install 'berth[ray]').")]
+Engine = Annotated[str, typer.Option(help="local, or ray (needs Berth's ray extra installed).")]
 Address = Annotated[
     str | None, typer.Option(help="Ray cluster address (default: start a local Ray).")
 ]
