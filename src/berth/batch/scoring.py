@@ -105,7 +105,7 @@ def prepare(chunk: Chunk, signature: Signature) -> Prepared:
         features = {n: chunk.data[n] for n in names}
         if refused:
             features = {n: v[decodable] for n, v in features.items()}
-    checked = check_columns(signature, features) if len(decodable) else _nothing(signature)
+    checked = check_columns(signature, features) if len(decodable) else _nothing()
     for row, reason in zip(decodable[checked.bad_rows].tolist(), checked.reasons, strict=True):
         refused[row] = reason
     bad = np.array(sorted(refused), dtype=np.intp)
@@ -118,7 +118,7 @@ def prepare(chunk: Chunk, signature: Signature) -> Prepared:
     )
 
 
-def _nothing(signature: Signature) -> Checked:
+def _nothing() -> Checked:
     import pandas as pd
 
     empty = np.empty(0, dtype=np.intp)
@@ -152,16 +152,15 @@ def assemble(
     columns["prediction_id"] = ids
     columns["model"] = pa.repeat(pa.scalar(model, pa.string()), n)
     columns["version"] = pa.repeat(pa.scalar(version, pa.int32()), n)
-    for out in signature.outputs:
-        values = outputs.get(out.name) if n else None
+    if not n:  # every row refused: the declared columns, empty
+        for field in output_fields(signature)[len(META_COLUMNS) :]:
+            columns[field.name] = pa.array([], type=field.type)
+    for out in signature.outputs if n else ():
+        values = outputs[out.name]
         classes = out.classes
-        two_d = len(out.shape) == 2
-        if two_d and classes is not None and out.shape[1] == len(classes):
+        if len(out.shape) == 2 and classes is not None and out.shape[1] == len(classes):
             for i, cls in enumerate(classes):
-                column = values[:, i] if values is not None else np.empty(0, dtype=np.float64)
-                columns[f"{out.name}_{cls}"] = pa.array(column)
-        elif values is None:
-            columns[out.name] = pa.array([], type=_empty_type(out.dtype, two_d))
+                columns[f"{out.name}_{cls}"] = pa.array(values[:, i])
         elif values.ndim == 2:
             flat = pa.array(values.reshape(-1))
             columns[out.name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
@@ -220,8 +219,3 @@ def _take(data: pa.Table | dict[str, Any], name: str, rows: np.ndarray[Any, Any]
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed JSON types: keep them as text
             return pa.array([None if v is None else str(v) for v in values.tolist()])
     return pa.array(values)
-
-
-def _empty_type(dtype: str, two_d: bool) -> pa.DataType:
-    base = pa.string() if dtype == "string" else pa.from_numpy_dtype(np.dtype(dtype))
-    return pa.list_(base) if two_d else base

@@ -114,6 +114,7 @@ def _spec(
     engine: str,
     address: str | None,
     records: bool,
+    restart: bool = False,
 ) -> JobSpec:
     columns = tuple(c.strip() for item in passthrough or [] for c in item.split(",") if c.strip())
     return JobSpec(
@@ -128,6 +129,7 @@ def _spec(
         engine=engine,
         ray_address=address,
         record=records,
+        restart=restart,
     )
 
 
@@ -177,9 +179,8 @@ def run(
         engine=engine,
         address=address,
         records=records,
+        restart=restart,
     )
-    if restart:
-        spec = dataclasses.replace(spec, restart=True)
     _execute(ctx, spec, None, as_json)
 
 
