@@ -414,7 +414,14 @@ def credit_steps(loaded: Any, records: list[dict[str, Any]], seconds: float) -> 
     from berth.runtime import codecs
     from berth.runtime.validation import validate
 
+    try:
+        from berth.runtime.outputs import to_rows
+    except ImportError:  # an older Berth
+        to_rows = codecs.to_records
+
     sig, model = loaded.signature, loaded.predictor.model
+    # The loaded version as the inference path calls it (``ModelHandle`` before it validates).
+    version = loaded.path.pool.loaded_now(loaded.version) if hasattr(loaded, "path") else loaded
     decoder = getattr(codecs, "to_columns", codecs.to_frame)  # what /v1/predict uses
     bodies = [orjson.dumps({"records": [r]}) for r in records]
     n = len(records)
@@ -424,7 +431,7 @@ def credit_steps(loaded: Any, records: list[dict[str, Any]], seconds: float) -> 
 
     raw = [decode(i) for i in range(n)]
     singles = [validate(sig, r) for r in raw]
-    outputs = [loaded.predict_validated(f) for f in singles]
+    outputs = [version.predict_validated(f) for f in singles]
     with ThreadPoolExecutor(1) as fresh:  # OpenMP thread limits are per thread: a new one has none
         fresh_thread = fresh.submit(
             timed_calls, lambda i: model.predict_proba(singles[i % n]), seconds
@@ -437,9 +444,9 @@ def credit_steps(loaded: Any, records: list[dict[str, Any]], seconds: float) -> 
         f"berth decode (orjson + {decoder.__name__})": timed_calls(decode, seconds),
         "berth validate": timed_calls(lambda i: validate(sig, raw[i % n]), seconds),
         "berth predict_validated (predict_proba + argmax + checks)": timed_calls(
-            lambda i: loaded.predict_validated(singles[i % n]), seconds
+            lambda i: version.predict_validated(singles[i % n]), seconds
         ),
-        "berth to_records": timed_calls(lambda i: codecs.to_records(outputs[i % n], sig), seconds),
+        "berth to_records": timed_calls(lambda i: to_rows(outputs[i % n], sig), seconds),
         "predict_proba in a new thread, no threadpoolctl limit there": fresh_thread,
     }
 
@@ -663,11 +670,11 @@ def markdown(results: dict[str, Any]) -> str:
 
 def berth_batching_defaults() -> str:
     """What the Berth under test batches by default, read from it (it changes)."""
-    from berth.runtime import batching
+    from berth.flavors import base
 
     found = []
-    for name in ("TEXT_DEFAULT", "TABULAR_DEFAULT"):
-        config = getattr(batching, name, None)
+    for name in ("TEXT_BATCHING", "TABULAR_BATCHING"):
+        config = getattr(base, name, None)
         if config is not None:
             found.append(
                 f"{name.split('_')[0].lower()} models {config.max_batch_size} rows / "

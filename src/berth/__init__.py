@@ -32,7 +32,7 @@ from berth.errors import (
 if TYPE_CHECKING:
     from berth.app import Berth
     from berth.registry.service import ModelSummary, VersionInfo
-    from berth.runtime.loading import LoadedModel
+    from berth.runtime.handle import ModelHandle
 
 __version__ = "0.1.0"
 
@@ -70,9 +70,10 @@ def register(model: object, name: str, **kwargs: Any) -> VersionInfo:
     return _client().register(model, name, **kwargs)
 
 
-def load(ref: str) -> LoadedModel:
-    """Load ``name``, ``name/3`` or ``name@alias`` as a validated predictor."""
-    return _client().load(ref)
+def load(ref: str, *, record: bool = False) -> ModelHandle:
+    """Load ``name`` (the production alias, else the newest version), ``name/3``,
+    ``name@alias`` or ``name@latest`` as a validated predictor; see :meth:`Berth.load`."""
+    return _client().load(ref, record=record)
 
 
 def set_alias(name: str, alias: str, version: int) -> int | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import getpass
 import os
-import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from berth.config import Settings
+from pydantic import BaseModel
+
+from berth.config import ModelServing, PathOptions, ServeOptions, Settings
+from berth.errors import InvalidInputError
 from berth.registry.artifacts import ArtifactStore
 from berth.registry.db import Database
 from berth.registry.references import parse_reference
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
     from berth.batch.jobs import JobInfo, JobStore
     from berth.batch.runner import BatchContext, Progress
     from berth.batch.specs import JobSpec
-    from berth.runtime.loading import LoadedModel
-    from berth.runtime.path import InferencePath, ServingConfig
+    from berth.runtime.handle import ModelHandle
+    from berth.runtime.path import InferencePath
+
+T = TypeVar("T", bound=BaseModel)
 
 
 class Berth:
@@ -45,8 +48,11 @@ class Berth:
         self.store = ArtifactStore(self.settings.resolved_artifact_root())
         self.registry = Registry(self.db, self.store)
         self.actor = self.settings.user or _os_user()
+        self._path: InferencePath | None = None
 
     def close(self) -> None:
+        if self._path is not None:
+            self._path.close_sync()
         self.db.dispose()
 
     def __enter__(self) -> Berth:
@@ -100,13 +106,36 @@ class Berth:
             source=source,
         )
 
-    def load(self, ref: str) -> LoadedModel:
-        """Load ``name``, ``name/3`` or ``name@alias``, verifying the artifact's SHA-256."""
-        from berth.runtime.loading import load_version
+    @property
+    def path(self) -> InferencePath:
+        """The inference path's sync face for this client (the CLI, batch jobs, ``load``):
+        prediction records to the home, no server metrics, no alias poller."""
+        if self._path is None:
+            from berth.runtime.path import InferencePath
+            from berth.runtime.records import RecordProducer
 
-        return load_version(self.registry, ref)
+            records = RecordProducer(self.settings.resolved_records_root())
+            self._path = InferencePath(
+                self.registry,
+                PathOptions(poll_interval_s=0),
+                records=records,
+                configure_threads=False,
+            )
+        return self._path
+
+    def load(self, ref: str, *, record: bool = False) -> ModelHandle:
+        """Resolve ``name`` (the production alias, else the newest version), ``name/3``,
+        ``name@alias`` or ``name@latest`` once, and load it (every artifact byte checked
+        against its SHA-256). ``record=True`` writes prediction records of its predictions."""
+        from berth.runtime.handle import ModelHandle
+
+        target = self.path.resolve_sync(ref)
+        handle = ModelHandle(self.path, target, record=record)
+        handle.predictor  # noqa: B018 - load now: a broken artifact fails here, not later
+        return handle
 
     def get_version(self, ref: str) -> VersionInfo:
+        """The version ``ref`` means now (the one rule of every entry point)."""
         return self.registry.resolve(parse_reference(ref))
 
     def list_models(self, search: str | None = None) -> list[ModelSummary]:
@@ -148,10 +177,10 @@ class Berth:
         from berth.batch.runner import BatchContext
 
         return BatchContext(
-            registry=self.registry,
+            path=self.path,
             jobs=self.jobs,
             work_root=self.settings.resolved_batch_root(),
-            records_root=self.settings.resolved_records_root(),
+            artifact_root=self.store.root,
             actor=self.actor,
         )
 
@@ -184,70 +213,38 @@ SERVE_OPTIONS_ENV = "BERTH_SERVE_OPTIONS"
 """JSON of :class:`ServeOptions`, handed to worker processes that uvicorn starts."""
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    config_file: str | None = None
-    record: bool = True
-    poll_interval_s: float = 2.0
-    max_body_bytes: int = 10 * 1024 * 1024
-    threads: int = 1
-    """OpenMP/BLAS threads per worker for tabular models: one request's predict_proba is fastest
-    on one thread, and workers already use the cores."""
-    torch_threads: int | None = None
-    """Threads for text models; default the cores divided by the workers."""
-    access_log: bool = True
-    workers: int = 1
-
-
-def build_path(client: Berth, options: ServeOptions) -> InferencePath:
+def build_path(client: Berth, options: PathOptions) -> InferencePath:
+    """The inference path as a server or a stream consumer runs it: metrics, the queued record
+    writer, the poller following alias moves, thread pools tuned per flavor."""
     from berth.runtime.metrics import Metrics
-    from berth.runtime.path import InferencePath, ModelPool
-    from berth.runtime.records import RecordWriter
+    from berth.runtime.path import InferencePath
+    from berth.runtime.record_writers import QueuedRecordWriter
+    from berth.runtime.records import RecordProducer
 
     metrics = Metrics()
-    pool = ModelPool(
-        client.registry,
-        configs=load_serving_configs(options.config_file),
-        metrics=metrics,
-        poll_interval_s=options.poll_interval_s,
-        thread_init=thread_tuner(options),
-    )
-    recorder = None
-    if options.record:
-        recorder = RecordWriter(
-            client.settings.resolved_records_root(), on_drop=metrics.records_dropped.inc
-        )
-    return InferencePath(pool, recorder, metrics)
+    root = client.settings.resolved_records_root()
+    queued = QueuedRecordWriter(root, on_drop=metrics.records_dropped.inc)
+    records = RecordProducer(root, queued=queued) if options.record else None
+    return InferencePath(client.registry, options, records=records, metrics=metrics)
 
 
 def build_server(settings: Settings, options: ServeOptions) -> FastAPI:
-    from berth.server.app import ServerLimits, create_app
+    from berth.server.app import create_app
 
     client = Berth(settings)
-    return create_app(
-        build_path(client, options),
-        ServerLimits(max_body_bytes=options.max_body_bytes, access_log=options.access_log),
-        on_shutdown=client.close,
-    )
+    return create_app(build_path(client, options.path), options, on_shutdown=client.close)
 
 
 def server_factory() -> FastAPI:
     """For ``uvicorn --factory`` in each worker process: settings and options from the env."""
-    import json
-
     raw = os.environ.get(SERVE_OPTIONS_ENV)
-    options = ServeOptions(**json.loads(raw)) if raw else ServeOptions()
+    options = ServeOptions.model_validate_json(raw) if raw else ServeOptions()
     return build_server(Settings(), options)
 
 
-def load_serving_configs(file: str | None) -> dict[str, ServingConfig]:
+def read_serving_file(file: str) -> dict[str, ModelServing]:
     """``{"models": {"sentiment": {"max_batch_size": 32, "target_p99_ms": 80}}}`` in JSON or
-    TOML; unlisted models take their flavor's defaults."""
-    from berth.errors import InvalidInputError
-    from berth.runtime.path import ServingConfig
-
-    if file is None:
-        return {}
+    TOML; unlisted models take their flavor's defaults. Every mistake names the file and key."""
     path = Path(file)
     if not path.is_file():
         raise InvalidInputError(f"serving config {file!r} does not exist")
@@ -262,31 +259,25 @@ def load_serving_configs(file: str | None) -> dict[str, ServingConfig]:
             doc = json.loads(path.read_text())
     except ValueError as exc:
         raise InvalidInputError(f"serving config {file!r} is not valid: {exc}") from exc
-    models = doc.get("models", {}) if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or set(doc) - {"models"}:
+        raise InvalidInputError(f"serving config {file!r}: put per-model settings under 'models'")
+    models = doc.get("models", {})
     if not isinstance(models, dict):
         raise InvalidInputError(f"serving config {file!r}: 'models' must map names to settings")
     return {
-        name: ServingConfig.from_dict(values, f"{file}: models.{name}")
+        name: declared(ModelServing, values, f"{file}: models.{name}")
         for name, values in models.items()
     }
 
 
-def thread_tuner(options: ServeOptions) -> Callable[[VersionInfo], None]:
-    """Sets the thread pools of a version's inference thread as it starts. OpenMP keeps its
-    thread count per thread, so a limit set anywhere else would not reach it: a single-row
-    ``predict_proba`` of a gradient-boosting model on the default two OpenMP threads was 20x
-    slower here, the threads fighting the server's own for two cores."""
-    torch_threads = options.torch_threads or max(1, (os.cpu_count() or 1) // options.workers)
+def declared(cls: type[T], data: object, where: str) -> T:
+    """``cls`` validated from ``data``; a mistake becomes one line naming the key."""
+    from pydantic import ValidationError
 
-    def tune(info: VersionInfo) -> None:
-        if info.flavor in ("sentence_transformers", "transformers"):
-            torch = sys.modules.get("torch")
-            if torch is not None:
-                torch.set_num_threads(torch_threads)
-            return
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=options.threads, user_api="openmp")
-        threadpool_limits(limits=options.threads, user_api="blas")
-
-    return tune
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        message = "unknown setting" if first.get("type") == "extra_forbidden" else first["msg"]
+        raise InvalidInputError(f"{where}: {key}: {message}") from None

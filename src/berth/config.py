@@ -6,9 +6,10 @@ down explicitly; nothing below ``app.py`` reads the environment itself.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,3 +61,101 @@ class Settings(BaseSettings):
 
     def resolved_batch_root(self) -> Path:
         return (self.batch_root or self.home / "batch").resolve()
+
+
+# -- tuning value objects ----------------------------------------------------------------------
+
+
+class _Declared(BaseModel):
+    """Settings read from files or handed between processes: an unknown key is a mistake."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingConfig(_Declared):
+    """How concurrent requests for one version are grouped into one predictor call."""
+
+    max_batch_size: int = Field(default=1, ge=1, description="Rows per call; 1 turns it off.")
+    max_latency_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="How long a lone request waits for company; 0 never waits but still takes "
+        "together whatever queued while the previous call ran.",
+    )
+    target_p99_ms: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Tune the waiting window online to keep the p99 latency under this.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+
+class ModelServing(_Declared):
+    """How one model is served, from the ``models`` table of a serving config file. Unset
+    batching settings take the flavor's defaults."""
+
+    max_batch_size: int | None = Field(default=None, ge=1, description="See BatchingConfig.")
+    max_latency_ms: float | None = Field(default=None, ge=0.0, description="See BatchingConfig.")
+    target_p99_ms: float | None = Field(default=None, gt=0.0, description="See BatchingConfig.")
+    record: bool = Field(
+        default=True,
+        description="Write prediction records for this model (off for models whose inputs "
+        "must not be kept at all).",
+    )
+
+    def batching(self, default: BatchingConfig) -> BatchingConfig:
+        """The flavor's default with the settings given here laid over it."""
+        given = self.model_dump(exclude_unset=True, exclude={"record"})
+        if not given:
+            return default
+        return BatchingConfig(**{"max_batch_size": 1, "max_latency_ms": 0.0, **given})
+
+
+class ThreadLimits(_Declared):
+    """Thread pools of a version's inference thread (see ``Flavor.configure_thread``)."""
+
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="OpenMP/BLAS threads per worker for tabular models: one request's "
+        "predict_proba is fastest on one thread, and workers already use the cores.",
+    )
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="Threads for text models; default the cores / workers."
+    )
+    workers: int = Field(default=1, ge=1, description="Server worker processes on this host.")
+
+    def torch(self) -> int:
+        return self.torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+
+class PathOptions(_Declared):
+    """How the inference path runs, whichever adapter starts it (server, stream consumer)."""
+
+    record: bool = Field(default=True, description="Write prediction records at all.")
+    poll_interval_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="How often alias moves are picked up; 0 turns the poller off.",
+    )
+    threads: ThreadLimits = Field(default_factory=ThreadLimits)
+    models: dict[str, ModelServing] = Field(
+        default_factory=dict, description="Per-model serving settings, by model name."
+    )
+
+    def serving(self, model: str) -> ModelServing:
+        return self.models.get(model) or ModelServing()
+
+
+class ServeOptions(_Declared):
+    """``berth serve``: the path's options and the HTTP side's. Handed to uvicorn's worker
+    processes as JSON (``BERTH_SERVE_OPTIONS``)."""
+
+    path: PathOptions = Field(default_factory=PathOptions)
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="Larger request bodies get a 413."
+    )
+    access_log: bool = Field(default=True, description="One JSON line per request on stderr.")

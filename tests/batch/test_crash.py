@@ -18,7 +18,7 @@ from tests.batch.data import write_parquet
 from tests.models import SlowSum
 
 from berth.app import Berth
-from berth.runtime.records import read_records
+from berth.runtime.record_reader import RecordReader
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS, CHUNK = 1000, 25  # 40 chunks
@@ -79,7 +79,7 @@ def _check(client: Berth, home: Path, source: Path, out: Path, attempts: int) ->
         result["prediction"].to_numpy(), (reference["a"] + reference["b"]).to_numpy()
     )
     assert result["prediction_id"].tolist() == [f"{job.id}-{i}" for i in range(ROWS)]
-    records = read_records(home / "records", "slow").column("prediction_id").to_pylist()
+    records = RecordReader(home / "records").read("slow").column("prediction_id").to_pylist()
     assert sorted(records) == sorted(result["prediction_id"])  # no record twice, none lost
     assert not (home / "batch" / job.id).exists()
 

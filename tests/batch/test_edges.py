@@ -22,7 +22,7 @@ from berth.batch.runner import StoppedError
 from berth.batch.specs import ErrorLimit
 from berth.cli.main import app
 from berth.errors import ConflictError, InvalidInputError
-from berth.runtime.records import read_records
+from berth.runtime.record_reader import RecordReader
 
 
 def test_resuming_skips_exactly_the_finished_rows_across_uneven_row_groups(
@@ -102,7 +102,7 @@ def test_restart_gives_up_the_old_job_and_its_records(churn: Berth, tmp_path: Pa
         churn.run_batch(job_spec, progress=StopAfter(200))
     old = churn.jobs.recent()[0]
     job = churn.run_batch(replace(job_spec, restart=True))
-    records = read_records(churn.settings.resolved_records_root(), "churn")
+    records = RecordReader(churn.settings.resolved_records_root()).read("churn")
     assert sorted(records.column("prediction_id").to_pylist()) == sorted(
         f"{job.id}-{i}" for i in range(300)
     )

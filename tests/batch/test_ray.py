@@ -3,23 +3,38 @@ what the local engine writes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import ray
 from tests.batch.data import customers, expected, spec, without_ids, write_parquet
 
 from berth.app import Berth
-from berth.runtime.records import read_records
+from berth.runtime.record_reader import RecordReader
 
 
-def test_ray_engine_output_is_the_local_engines(churn: Berth, tmp_path: Path) -> None:
+def test_ray_engine_output_is_the_local_engines(
+    churn: Berth, churn_model: Any, tmp_path: Path
+) -> None:
+    model, training = churn_model
+    churn.register(model, "churn", training_data=training)  # v2, newest; production stays v1
     frame = customers(1_000)
     frame.loc[[10, 500], "plan"] = "gold"  # two bad rows: the errors file must match too
     source = write_parquet(frame, tmp_path / "in.parquet")
-    local = churn.run_batch(spec(source, tmp_path / "local.parquet", chunk_rows=150))
-    on_ray = churn.run_batch(spec(source, tmp_path / "ray.parquet", chunk_rows=150, engine="ray"))
+    # A bare name: both engines resolve it as every entry point does (production: v1).
+    local = churn.run_batch(
+        replace(spec(source, tmp_path / "local.parquet", chunk_rows=150), reference="churn")
+    )
+    on_ray = churn.run_batch(
+        replace(
+            spec(source, tmp_path / "ray.parquet", chunk_rows=150, engine="ray"),
+            reference="churn",
+        )
+    )
     assert not ray.is_initialized()  # the job started its local Ray and shut it down
+    assert (local.version, on_ray.version) == (1, 1)
 
     assert (on_ray.status, on_ray.engine, on_ray.rows, on_ray.errors) == (
         "succeeded",
@@ -40,6 +55,6 @@ def test_ray_engine_output_is_the_local_engines(churn: Berth, tmp_path: Path) ->
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "ray.errors.csv"), pd.read_csv(tmp_path / "local.errors.csv")
     )
-    records = read_records(churn.settings.resolved_records_root(), "churn", version=1)
+    records = RecordReader(churn.settings.resolved_records_root()).read("churn", version=1)
     assert records.num_rows == 2 * 998
     assert local.id != on_ray.id

@@ -19,7 +19,7 @@ from tests.batch.data import Stop, StopAfter, customers, expected, spec, without
 from berth.app import Berth
 from berth.batch.runner import StoppedError
 from berth.errors import ConflictError, InvalidInputError, NotFoundError
-from berth.runtime.records import read_records
+from berth.runtime.record_reader import RecordReader
 
 
 def test_parquet_to_parquet_matches_scoring_in_process(churn: Berth, tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_prediction_records_are_written_once_per_row_in_batch_mode(
     frame = customers(120)
     out = tmp_path / "scores.parquet"
     job = churn.run_batch(spec(write_parquet(frame, tmp_path / "in.parquet"), out))
-    records = read_records(churn.settings.resolved_records_root(), "churn").to_pandas()
+    records = RecordReader(churn.settings.resolved_records_root()).read("churn").to_pandas()
     assert len(records) == 120
     assert set(records["mode"]) == {"batch"}
     assert sorted(records["prediction_id"]) == sorted(f"{job.id}-{i}" for i in range(120))
@@ -68,7 +68,7 @@ def test_no_records_when_asked(churn: Berth, tmp_path: Path) -> None:
     churn.run_batch(
         spec(write_parquet(frame, tmp_path / "in.parquet"), tmp_path / "o.parquet", record=False)
     )
-    assert read_records(churn.settings.resolved_records_root(), "churn").num_rows == 0
+    assert RecordReader(churn.settings.resolved_records_root()).read("churn").num_rows == 0
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_the_parts_of_a_chunk_are_the_checkpoint(churn: Berth, tmp_path: Path) -
     result = pd.read_parquet(tmp_path / "o.parquet")
     pd.testing.assert_frame_equal(without_ids(result), expected(churn, frame), check_dtype=False)
     assert result["prediction_id"].tolist() == [f"{job.id}-{i}" for i in range(230)]
-    records = read_records(churn.settings.resolved_records_root(), "churn")
+    records = RecordReader(churn.settings.resolved_records_root()).read("churn")
     assert sorted(records.column("prediction_id").to_pylist()) == sorted(result["prediction_id"])
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 from berth.app import Berth, ServeOptions, build_server
 from berth.cli.errors import EXIT_CODES
 from berth.cli.main import app
-from berth.config import Settings
+from berth.config import PathOptions, Settings
 from berth.testing import asgi_client
 
 NAME = "loggy"
@@ -66,7 +66,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
 
     async def predict() -> None:
         server = build_server(
-            Settings(home=home, user="server"), ServeOptions(poll_interval_s=0, access_log=False)
+            Settings(home=home, user="server"),
+            ServeOptions(path=PathOptions(poll_interval_s=0), access_log=False),
         )
         async with asgi_client(server) as http:
             for i, ref in enumerate([NAME] * 8 + [f"{NAME}/2"] * 3):

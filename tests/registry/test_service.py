@@ -33,7 +33,8 @@ def test_resolve_by_number_alias_and_latest(any_client: Berth) -> None:
     any_client.set_alias("summer", "production", 1)
     assert any_client.get_version("summer/2").version == 2
     assert any_client.get_version("summer@production").version == 1
-    assert any_client.get_version("summer").version == 2
+    assert any_client.get_version("summer").version == 1  # production, when there is one
+    assert any_client.get_version("summer@latest").version == 2
     assert any_client.get_version("summer@latest").version == 2
     assert any_client.get_version("summer/1").aliases == ("production",)
 

@@ -13,7 +13,8 @@ import pytest
 
 from berth.errors import InvalidInputError
 from berth.registry.signature import Feature, Output, Signature
-from berth.runtime.codecs import to_frame, to_records
+from berth.runtime.codecs import to_frame
+from berth.runtime.outputs import to_rows as to_records
 from berth.runtime.validation import validate
 
 TABULAR = Signature(

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from tests.models import SumModel, numbers
 
-import berth.runtime.path as path_module
+import berth.runtime.pool as pool_module
 from berth.app import Berth
+from berth.config import ModelServing, PathOptions
 from berth.errors import UnavailableError
 from berth.registry.service import VersionInfo
-from berth.runtime.batching import BatchingConfig
 from berth.runtime.loading import LoadedModel
-from berth.runtime.path import InferencePath, ModelPool, ServedModel, ServingConfig
+from berth.runtime.path import InferencePath, Result
+from berth.runtime.pool import ModelPool, ServedModel
 
 T = TypeVar("T")
 
@@ -58,20 +59,25 @@ def tamper(client: Berth, info: VersionInfo) -> None:
     file.write_bytes(bytes(data))
 
 
+async def infer(path: InferencePath, ref: str, data: Any) -> Result:
+    """What every adapter does: resolve, then run."""
+    return await path.run(await path.resolve(ref), data)
+
+
 def with_pool(
     client: Berth,
     body: Callable[[ModelPool, InferencePath], Awaitable[T]],
-    **kwargs: Any,
+    models: dict[str, ModelServing] | None = None,
 ) -> T:
-    """Run ``body`` against a started pool (no poller: tests call refresh()), bounded in time."""
+    """Run ``body`` against a started path (no poller: tests call refresh()), bounded in time."""
 
     async def go() -> T:
-        pool = ModelPool(client.registry, poll_interval_s=0, **kwargs)
-        await pool.start()
+        path = InferencePath(client.registry, PathOptions(poll_interval_s=0, models=models or {}))
+        await path.start()
         try:
-            return await asyncio.wait_for(body(pool, InferencePath(pool)), 60.0)
+            return await asyncio.wait_for(body(path.pool, path), 60.0)
         finally:
-            await pool.close()
+            await path.close()
 
     return asyncio.run(go())
 
@@ -82,13 +88,13 @@ def with_pool(
 def test_a_batch_never_mixes_versions(client: Berth) -> None:
     register(client, Tracing(1.0), "mixed")
     register(client, Tracing(10.0), "mixed")
-    config = ServingConfig(batching=BatchingConfig(max_batch_size=8, max_latency_ms=5.0))
+    config = ModelServing(max_batch_size=8, max_latency_ms=5.0)
     # Request r of version v sends a = v * 1000 + r, so every row says where it came from.
     wanted = [(1 + r % 2, r) for r in range(60)]
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
         results = await asyncio.gather(
-            *(path.infer("mixed", str(v), frame(v * 1000.0 + r, b=1.0)) for v, r in wanted)
+            *(infer(path, f"mixed/{v}", frame(v * 1000.0 + r, b=1.0)) for v, r in wanted)
         )
         for (v, r), result in zip(wanted, results, strict=True):
             assert result.info.version == v
@@ -103,14 +109,14 @@ def test_a_batch_never_mixes_versions(client: Berth) -> None:
             assert max(len(c) for c in calls) <= 8
             assert len(calls) < 30  # they were batched
 
-    with_pool(client, body, configs={"mixed": config})
+    with_pool(client, body, {"mixed": config})
 
 
 def test_by_default_a_tabular_model_never_waits_but_groups_what_queued(client: Berth) -> None:
     register(client, Tracing(1.0), "plain")
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
-        await asyncio.gather(*(path.infer("plain", None, frame(float(i))) for i in range(10)))
+        await asyncio.gather(*(infer(path, "plain", frame(float(i))) for i in range(10)))
         served = pool.served[("plain", 1)]
         assert served.batching.max_latency_ms == 0
         sizes = [len(c) for c in model_of(served).calls]
@@ -123,11 +129,11 @@ def test_by_default_a_tabular_model_never_waits_but_groups_what_queued(client: B
 def test_prediction_ids_are_unique(client: Berth) -> None:
     register(client, Tracing(1.0), "ids")
     register(client, Tracing(2.0), "ids")
-    config = ServingConfig(batching=BatchingConfig(max_batch_size=16, max_latency_ms=2.0))
+    config = ModelServing(max_batch_size=16, max_latency_ms=2.0)
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
         results = await asyncio.gather(
-            *(path.infer("ids", str(1 + i % 2), frame(*([0.5] * (1 + i % 4)))) for i in range(80))
+            *(infer(path, f"ids/{1 + i % 2}", frame(*([0.5] * (1 + i % 4)))) for i in range(80))
         )
         ids = [pid for r in results for pid in r.prediction_ids]
         assert len(ids) == sum(1 + i % 4 for i in range(80))
@@ -135,7 +141,7 @@ def test_prediction_ids_are_unique(client: Berth) -> None:
         for r in results:
             assert len(r.prediction_ids) == len(r.outputs["prediction"])
 
-    with_pool(client, body, configs={"ids": config})
+    with_pool(client, body, {"ids": config})
 
 
 # -- alias moves -------------------------------------------------------------------------------
@@ -150,20 +156,21 @@ def test_refresh_switches_only_once_the_new_version_is_loaded(
     route_while_loading: list[int | None] = []
     holder: dict[str, ModelPool] = {}
 
-    real_load = path_module.load_version
+    real_load = pool_module.load_resolved
 
-    def slow_load(registry: Any, ref: str) -> LoadedModel:
-        loaded = real_load(registry, ref)
+    def slow_load(store: Any, info: VersionInfo) -> LoadedModel:
+        loaded = real_load(store, info)
         if loaded.version.version == 2:
-            route_while_loading.append(holder["pool"].routes.get(("moving", "production")))
+            routes = holder["pool"].resolver.routes()
+            route_while_loading.append(routes.get(("moving", "production")))
             time.sleep(0.4)  # a slow load: requests keep coming meanwhile
         return loaded
 
-    monkeypatch.setattr(path_module, "load_version", slow_load)
+    monkeypatch.setattr(pool_module, "load_resolved", slow_load)
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
         holder["pool"] = pool
-        assert pool.routes == {("moving", "production"): 1}
+        assert pool.resolver.routes() == {("moving", "production"): 1}
         assert pool.ready
         old = pool.served[("moving", 1)]
         await asyncio.to_thread(client.set_alias, "moving", "production", 2)
@@ -172,7 +179,7 @@ def test_refresh_switches_only_once_the_new_version_is_loaded(
         for _ in range(500):
             if refresh.done():
                 break
-            result = await path.infer("moving", None, frame(1.0))
+            result = await infer(path, "moving", frame(1.0))
             state = pool.status("moving", 2)
             during.append((result.info.version, state.state if state else None))
             await asyncio.sleep(0.01)
@@ -181,12 +188,12 @@ def test_refresh_switches_only_once_the_new_version_is_loaded(
         assert during, "no request ran while version 2 loaded"
         assert {v for v, _ in during} == {1}
         assert ("moving", 2) in pool.served
-        assert pool.routes[("moving", "production")] == 2
+        assert pool.resolver.routes()[("moving", "production")] == 2
         # The old version is gone, its thread stopped.
         assert ("moving", 1) not in pool.served
         assert pool.status("moving", 1) is None
         assert old.executor._shutdown  # type: ignore[attr-defined]
-        after = await path.infer("moving", None, frame(1.0))
+        after = await infer(path, "moving", frame(1.0))
         assert after.info.version == 2
         assert after.outputs["prediction"].tolist() == [10.0]
 
@@ -200,7 +207,7 @@ def test_a_request_in_flight_on_the_old_version_finishes_there(client: Berth) ->
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
         old = pool.served[("inflight", 1)]
-        slow = asyncio.ensure_future(path.infer("inflight", "production", frame(3.0)))
+        slow = asyncio.ensure_future(infer(path, "inflight@production", frame(3.0)))
         for _ in range(200):
             if model_of(old).calls:
                 break
@@ -227,7 +234,7 @@ def test_rollback_loads_the_old_version_again(client: Berth) -> None:
         for target in (2, 1, 2):
             await asyncio.to_thread(client.set_alias, "rollback", "production", target)
             await pool.refresh()
-            result = await path.infer("rollback", None, frame(1.0))
+            result = await infer(path, "rollback", frame(1.0))
             versions.append(result.info.version)
             assert {v for (_, v) in pool.served} == {target}
         assert versions == [2, 1, 2]
@@ -245,12 +252,12 @@ def test_a_deleted_alias_stops_routing_and_unloads(client: Berth) -> None:
     client.set_alias("gone", "staging", 1)
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
-        assert (await path.infer("gone", "staging", frame(1.0))).info.version == 1
+        assert (await infer(path, "gone@staging", frame(1.0))).info.version == 1
         await asyncio.to_thread(client.delete_alias, "gone", "staging")
         await pool.refresh()
-        assert ("gone", "staging") not in pool.routes
+        assert ("gone", "staging") not in pool.resolver.routes()
         assert ("gone", 1) not in pool.served
-        latest = await path.infer("gone", None, frame(1.0))  # no production: the newest
+        latest = await infer(path, "gone", frame(1.0))  # no production: the newest
         assert latest.info.version == 2
 
     with_pool(client, body)
@@ -265,11 +272,12 @@ def test_a_version_asked_for_by_number_stays_loaded_across_refreshes(client: Ber
     client.set_alias("pinned", "production", 2)
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
-        first = (await path.infer("pinned", "1", frame(1.0))).served
+        await infer(path, "pinned/1", frame(1.0))
+        first = pool.served[("pinned", 1)]
         await pool.refresh()
         assert ("pinned", 1) in pool.served
-        again = (await path.infer("pinned", "1", frame(1.0))).served
-        assert again is first
+        await infer(path, "pinned/1", frame(1.0))
+        assert pool.served[("pinned", 1)] is first
 
     with_pool(client, body)
 
@@ -295,10 +303,10 @@ def test_a_tampered_version_fails_with_the_reason_and_the_others_keep_serving(
         assert "broken/1" in state.reason
         assert "SHA-256" in state.reason
         with pytest.raises(UnavailableError, match=r"broken/1 is not ready: .*SHA-256"):
-            await path.infer("broken", None, frame(1.0))
+            await infer(path, "broken", frame(1.0))
         with pytest.raises(UnavailableError):  # stays failed, without retrying the load
-            await path.infer("broken", "1", frame(1.0))
-        ok = await path.infer("healthy", None, frame(1.0, b=1.0))
+            await infer(path, "broken/1", frame(1.0))
+        ok = await infer(path, "healthy", frame(1.0, b=1.0))
         assert ok.outputs["prediction"].tolist() == [6.0]
         state_ok = pool.status("healthy", 1)
         assert state_ok is not None
@@ -316,12 +324,12 @@ def test_an_alias_moved_to_a_broken_version_keeps_serving_the_old_one(client: Be
     async def body(pool: ModelPool, path: InferencePath) -> None:
         await asyncio.to_thread(client.set_alias, "steady", "production", 2)
         await pool.refresh()
-        assert pool.routes[("steady", "production")] == 1
+        assert pool.resolver.routes()[("steady", "production")] == 1
         state = pool.status("steady", 2)
         assert state is not None
         assert state.state == "failed"
         assert "SHA-256" in (state.reason or "")
-        result = await path.infer("steady", None, frame(1.0))
+        result = await infer(path, "steady", frame(1.0))
         assert result.info.version == 1
 
     with_pool(client, body)
@@ -331,13 +339,13 @@ def test_the_newest_version_is_looked_up_once_per_interval(client: Berth) -> Non
     register(client, Tracing(1.0), "fresh")
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
-        assert (await path.infer("fresh", None, frame(1.0))).info.version == 1
+        assert (await infer(path, "fresh", frame(1.0))).info.version == 1
         await asyncio.to_thread(register, client, Tracing(10.0), "fresh")
         # Within the interval the cached answer stands: no database query per request.
-        assert (await path.infer("fresh", None, frame(1.0))).info.version == 1
+        assert (await infer(path, "fresh", frame(1.0))).info.version == 1
         await asyncio.sleep(1.1)
-        assert (await path.infer("fresh", None, frame(1.0))).info.version == 2
-        assert (await path.infer("fresh", "latest", frame(1.0))).info.version == 2
+        assert (await infer(path, "fresh", frame(1.0))).info.version == 2
+        assert (await infer(path, "fresh@latest", frame(1.0))).info.version == 2
 
     with_pool(client, body)
 
@@ -350,18 +358,16 @@ def test_a_pool_started_again_after_close_serves_again(tmp_path) -> None:
 
     from berth.app import Berth
     from berth.config import Settings
-    from berth.runtime.path import InferencePath, ModelPool
 
     async def scenario(client: Berth) -> None:
-        pool = ModelPool(client.registry, poll_interval_s=0)
-        path = InferencePath(pool)
-        await pool.start()
-        first = await path.infer("sum", None, numbers(3))
-        await pool.close()
-        await pool.start()
-        again = await path.infer("sum", None, numbers(3))
+        path = InferencePath(client.registry, PathOptions(poll_interval_s=0))
+        await path.start()
+        first = await infer(path, "sum", numbers(3))
+        await path.close()
+        await path.start()
+        again = await infer(path, "sum", numbers(3))
         assert again.outputs["prediction"].tolist() == first.outputs["prediction"].tolist()
-        await pool.close()
+        await path.close()
 
     with Berth(Settings(home=tmp_path / "home", user="tester")) as client:
         client.register(SumModel(), "sum", training_data=numbers(), trusted=True)

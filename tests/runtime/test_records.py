@@ -9,19 +9,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from berth.errors import InvalidInputError
-from berth.runtime.records import (
-    RecordBatch,
-    RecorderLimits,
-    RecordWriter,
-    parse_since,
-    read_records,
-)
+from berth.runtime.record_reader import RecordReader, parse_since
+from berth.runtime.record_writers import QueuedRecordWriter as RecordWriter
+from berth.runtime.record_writers import RecorderLimits
+from berth.runtime.records import RecordBatch
 
 DAY1 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 DAY2 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -44,7 +40,10 @@ def batch(
         version=version,
         mode="realtime",
         prediction_ids=[f"{tag}-{i}" for i in range(n)],
-        inputs=pd.DataFrame({"age": age, "plan": ["basic", "pro"] * (n // 2) + ["pro"] * (n % 2)}),
+        inputs={
+            "age": age,
+            "plan": np.array(["basic", "pro"] * (n // 2) + ["pro"] * (n % 2), dtype=object),
+        },
         outputs={"label": np.array(["stay"] * n), "probabilities": proba},
         latency_ms=latency_ms,
         unit_id=unit_id,
@@ -77,6 +76,10 @@ def test_files_are_partitioned_by_model_and_day_with_typed_columns(tmp_path: Pat
         "version",
         "mode",
         "unit_id",
+        "request_id",
+        "deployment",
+        "variant",
+        "source_id",
         "latency_ms",
         "in.age",
         "in.plan",
@@ -99,6 +102,10 @@ def test_files_are_partitioned_by_model_and_day_with_typed_columns(tmp_path: Pat
     assert [r["in.plan"] for r in rows] == ["basic", "pro", "pro"]
     assert rows[0]["out.probabilities"] == [0.25, 0.75]
     assert rows[0]["latency_ms"] == 4.0
+    assert {(r["request_id"], r["deployment"], r["variant"], r["source_id"]) for r in rows} == {
+        (None, None, None, None)
+    }
+    assert table.schema.remove_metadata().field("unit_id").type == pa.string()
     assert writer.written == 3
 
 
@@ -118,7 +125,7 @@ def test_one_file_per_model_version_and_day(tmp_path: Path) -> None:
         "model=other/date=2026-03-02",
     ]
     assert writer.written == 8
-    ids = read_records(tmp_path, "credit").column("prediction_id").to_pylist()
+    ids = RecordReader(tmp_path).read("credit").column("prediction_id").to_pylist()
     assert ids == ["a-0", "a-1", "b-0", "c-0", "c-1", "d-0", "d-1"]  # oldest first
 
 
@@ -130,7 +137,7 @@ def test_unit_ids_per_request_and_object_outputs(tmp_path: Path) -> None:
     writer.record(first)
     writer.record(second)
     writer.flush_now()
-    table = read_records(tmp_path, "credit")
+    table = RecordReader(tmp_path).read("credit")
     assert table.column("unit_id").to_pylist() == ["u1", "u1", None]
     assert table.column("out.label").to_pylist() == ["stay", "stay", "churn"]
 
@@ -147,7 +154,7 @@ def test_read_records_filters_by_version_and_time_window(tmp_path: Path) -> None
     writer.flush_now()
 
     def ids(**kwargs: object) -> list[str]:
-        table = read_records(tmp_path, "credit", **kwargs)  # type: ignore[arg-type]
+        table = RecordReader(tmp_path).read("credit", **kwargs)  # type: ignore[arg-type]
         return [i.rsplit("-", 1)[0] for i in table.column("prediction_id").to_pylist()]
 
     assert ids() == ["v1-day1", "v2-day1", "v1-day2", "v2-day2"]
@@ -166,7 +173,7 @@ def test_read_records_filters_by_version_and_time_window(tmp_path: Path) -> None
 
 
 def test_read_records_of_a_model_without_records_is_empty(tmp_path: Path) -> None:
-    assert read_records(tmp_path, "nobody").num_rows == 0
+    assert RecordReader(tmp_path).read("nobody").num_rows == 0
     RecordWriter(tmp_path).flush_now()  # nothing queued: nothing written
     assert parquet_files(tmp_path) == []
 
@@ -175,7 +182,7 @@ def test_read_records_selects_columns(tmp_path: Path) -> None:
     writer = RecordWriter(tmp_path)
     writer.record(batch(2, at=DAY1))
     writer.flush_now()
-    table = read_records(tmp_path, "credit", columns=["prediction_id", "out.label", "time"])
+    table = RecordReader(tmp_path).read("credit", columns=["prediction_id", "out.label", "time"])
     assert sorted(table.column_names) == ["out.label", "prediction_id", "time"]
     assert table.num_rows == 2
 
@@ -187,13 +194,13 @@ def test_each_version_keeps_its_own_columns(tmp_path: Path) -> None:
     writer.record(batch(1, version=1, at=DAY1, tag="old"))
     writer.flush_now()
     newer = batch(1, version=2, at=DAY1 + timedelta(minutes=1), tag="new")
-    newer.inputs = newer.inputs.assign(income=[52_000.0])
+    newer = newer.with_inputs({**newer.inputs, "income": np.array([52_000.0])})
     writer.record(newer)
     writer.flush_now()
-    v2 = read_records(tmp_path, "credit", version=2)
+    v2 = RecordReader(tmp_path).read("credit", version=2)
     assert "in.income" in v2.column_names
     assert v2.column("in.income").to_pylist() == [52_000.0]
-    both = read_records(tmp_path, "credit")
+    both = RecordReader(tmp_path).read("credit")
     assert both.column("in.income").to_pylist() == [None, 52_000.0]
 
 
@@ -219,7 +226,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     assert writer.dropped == 498 * 3
     assert dropped == [3] * 498
     writer.flush_now()
-    assert read_records(tmp_path, "credit").num_rows == 6
+    assert RecordReader(tmp_path).read("credit").num_rows == 6
 
 
 def test_close_writes_everything_queued(tmp_path: Path) -> None:
@@ -232,7 +239,7 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
     closer.start()
     closer.join(30.0)
     assert not closer.is_alive()
-    assert read_records(tmp_path, "credit").num_rows == 10
+    assert RecordReader(tmp_path).read("credit").num_rows == 10
     assert writer.written == 10
     assert leftovers(tmp_path) == []
 
@@ -242,7 +249,7 @@ def test_close_of_a_writer_never_started_still_writes_what_is_queued(tmp_path: P
     writer = RecordWriter(tmp_path)
     writer.record(batch(2, tag="late"))
     writer.close()
-    assert read_records(tmp_path, "credit").num_rows == 2
+    assert RecordReader(tmp_path).read("credit").num_rows == 2
 
 
 def test_the_thread_writes_on_its_interval(tmp_path: Path) -> None:
@@ -253,11 +260,11 @@ def test_the_thread_writes_on_its_interval(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10.0
         while not parquet_files(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert read_records(tmp_path, "credit").num_rows == 2
+        assert RecordReader(tmp_path).read("credit").num_rows == 2
         writer.record(batch(1, tag="second"))
     finally:
         writer.close()
-    assert read_records(tmp_path, "credit").num_rows == 3
+    assert RecordReader(tmp_path).read("credit").num_rows == 3
     assert leftovers(tmp_path) == []
 
 
@@ -271,7 +278,7 @@ def test_files_appear_whole_and_half_written_ones_are_ignored(tmp_path: Path) ->
     # What a crash mid-write leaves behind is a hidden temporary file: readers skip it.
     folder = parquet_files(tmp_path)[0].parent
     (folder / ".123-1-abcd.parquet.tmp").write_bytes(b"PAR1 half a file")
-    assert read_records(tmp_path, "credit").num_rows == 6
+    assert RecordReader(tmp_path).read("credit").num_rows == 6
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -306,6 +313,9 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
         ("1.5h", NOW - timedelta(minutes=90)),
         ("2d", NOW - timedelta(days=2)),
         ("45s", NOW - timedelta(seconds=45)),
+        ("1w", NOW - timedelta(weeks=1)),  # pytimeparse's grammar
+        ("1h30m", NOW - timedelta(minutes=90)),
+        ("1 h", NOW - timedelta(hours=1)),
         ("2026-11-26T10:00", datetime(2026, 11, 26, 10, 0, tzinfo=UTC)),
         ("2026-11-26T10:00:00+01:00", datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
         ("2026-11-25", datetime(2026, 11, 25, tzinfo=UTC)),
@@ -323,7 +333,7 @@ def test_parse_since_defaults_to_now() -> None:
     assert before - timedelta(hours=1, seconds=5) <= parsed <= datetime.now(UTC)
 
 
-@pytest.mark.parametrize("junk", ["", "yesterday", "1w", "-1h", "h", "1 h", "1h30m", "12:00x"])
+@pytest.mark.parametrize("junk", ["", "yesterday", "-1h", "h", "1x", "12:00x", "2 fortnights"])
 def test_parse_since_rejects_junk(junk: str) -> None:
     with pytest.raises(InvalidInputError, match="30m, 1h, 2d"):
         parse_since(junk, now=NOW)

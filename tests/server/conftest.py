@@ -1,14 +1,19 @@
-"""Fixtures for the realtime server: a Berth home with small real models, and in-process clients.
+"""Fixtures for the realtime server: Berth homes with small real models, and in-process clients.
 
-The home is built once per session (models are registered once); each test module builds its own
+Each home is built once per session (models are registered once); each test module builds its own
 app from it, so a module loads its models once and no module sees another's server state.
 
-Models in the shared home:
+Models in the shared home (``served``, served by ``app`` and ``http``), tabular only, so that most
+server tests never load torch:
 
 - ``credit``: a scikit-learn pipeline on float64, float32, int64, int32, bool and a categorical
   string feature; v1 is ``production``, v2 is ``staging`` (and the newest).
 - ``numeric``: logistic regression on numbers only (float64 and int64), two versions and no alias,
   so one 2-D FP64 tensor can carry a whole row and "no version" means the newest (v2).
+
+The text home (``served_text``, served by ``text_app`` and ``text_http``, for tests marked
+``text``) holds the same two tabular models and:
+
 - ``sentiment``: the session MiniLM encoder with a logistic-regression head, ``production``.
 """
 
@@ -17,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -34,9 +40,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from berth.app import Berth, ServeOptions, build_server
-from berth.config import Settings
-from berth.flavors.sentence_transformers import SentenceClassifier
+from berth.config import PathOptions, Settings
+from berth.runtime.record_reader import RecordReader
 from berth.testing import asgi_client
+
+if TYPE_CHECKING:
+    from berth.flavors.sentence_transformers import SentenceClassifier
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -111,47 +120,77 @@ def numeric_frame(rows: int = 200, seed: int = 2) -> pd.DataFrame:
 
 @dataclass(repr=False)
 class Served:
-    """The shared home and the very objects registered there (to compare outputs with)."""
+    """A served home and the very objects registered there (to compare outputs with)."""
 
     home: Path
     credit_v1: Any
     credit_v2: Any
+    numeric_v1: Any
     numeric: Any
     """Version 2 of ``numeric``, the newest."""
-    sentiment: SentenceClassifier
     credit_rows: pd.DataFrame
     numeric_rows: pd.DataFrame
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory, minilm) -> Served:
-    home = tmp_path_factory.mktemp("served") / "home"
+@dataclass(repr=False)
+class ServedText(Served):
+    """The text home: the tabular models of ``Served`` and the ``sentiment`` text model."""
+
+    sentiment: SentenceClassifier
+
+
+def tabular_home(home: Path) -> Served:
+    """Fit ``credit`` and ``numeric`` and register them in ``home``."""
     frame = credit_frame()
     labels = credit_labels(frame)
-    v1 = credit_model(frame, labels, c=1.0)
-    v2 = credit_model(frame, labels, c=0.05)
     numbers = numeric_frame()
     target = (numbers["x0"] + numbers["x1"] > 0).astype(int)
-    numeric_v1 = LogisticRegression(C=0.01).fit(numbers, target)
-    numeric = LogisticRegression(C=1.0).fit(numbers, target)
-    sentiment = SentenceClassifier(minilm, head=None, normalize=True)
-    sentiment.head = LogisticRegression().fit(sentiment.embed(TEXTS), TEXT_LABELS)
+    served = Served(
+        home,
+        credit_v1=credit_model(frame, labels, c=1.0),
+        credit_v2=credit_model(frame, labels, c=0.05),
+        numeric_v1=LogisticRegression(C=0.01).fit(numbers, target),
+        numeric=LogisticRegression(C=1.0).fit(numbers, target),
+        credit_rows=frame.head(5),
+        numeric_rows=numbers.head(4),
+    )
     with Berth(Settings(home=home, user="tester")) as client:
-        client.register(v1, "credit", training_data=frame)
-        client.register(v2, "credit", training_data=frame)
+        client.register(served.credit_v1, "credit", training_data=frame)
+        client.register(served.credit_v2, "credit", training_data=frame)
         client.set_alias("credit", "production", 1)
         client.set_alias("credit", "staging", 2)
-        client.register(numeric_v1, "numeric", training_data=numbers)
-        client.register(numeric, "numeric", training_data=numbers)
+        client.register(served.numeric_v1, "numeric", training_data=numbers)
+        client.register(served.numeric, "numeric", training_data=numbers)
+    return served
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """The shared home: tabular models only, so it never loads torch."""
+    return tabular_home(tmp_path_factory.mktemp("served") / "home")
+
+
+@pytest.fixture(scope="session")
+def served_text(tmp_path_factory: pytest.TempPathFactory, minilm) -> ServedText:
+    """A home of its own with the tabular models and ``sentiment`` (for tests marked ``text``)."""
+    from berth.flavors.sentence_transformers import SentenceClassifier
+
+    tabular = tabular_home(tmp_path_factory.mktemp("served-text") / "home")
+    sentiment = SentenceClassifier(minilm, head=None, normalize=True)
+    sentiment.head = LogisticRegression().fit(sentiment.embed(TEXTS), TEXT_LABELS)
+    with Berth(Settings(home=tabular.home, user="tester")) as client:
         client.register(sentiment, "sentiment", training_data=TEXTS)
         client.set_alias("sentiment", "production", 1)
-    return Served(home, v1, v2, numeric, sentiment, frame.head(5), numbers.head(4))
+    return ServedText(**vars(tabular), sentiment=sentiment)
 
 
 def make_app(home: Path, **options: Any) -> Any:
     """The app ``berth serve`` runs, without the alias poller and the access log."""
-    options = {"poll_interval_s": 0, "access_log": False, **options}
-    return build_server(Settings(home=home, user="tester"), ServeOptions(**options))
+    path = {k: options.pop(k) for k in ("record", "poll_interval_s", "models") if k in options}
+    path.setdefault("poll_interval_s", 0)
+    options.setdefault("access_log", False)
+    serve = ServeOptions(path=PathOptions(**path), **options)
+    return build_server(Settings(home=home, user="tester"), serve)
 
 
 class Http:
@@ -194,6 +233,39 @@ def app(served: Served) -> Any:
 def http(app: Any, served: Served) -> Iterator[Http]:
     with in_process(app, served.home) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def text_app(served_text: ServedText) -> Any:
+    return make_app(served_text.home)
+
+
+@pytest.fixture(scope="module")
+def text_http(text_app: Any, served_text: ServedText) -> Iterator[Http]:
+    with in_process(text_app, served_text.home) as client:
+        yield client
+
+
+# -- prediction records ------------------------------------------------------------------------
+
+
+def wait_for_records(
+    home: Path, ids: dict[str, set[str]], timeout: float = 20.0
+) -> dict[str, dict]:
+    """The writer flushes every couple of seconds, off the request path: poll until every id
+    (per model) is on disk; returns the rows by prediction id."""
+    deadline = time.monotonic() + timeout
+    wanted = sum(len(v) for v in ids.values())
+    while True:
+        found = {
+            r["prediction_id"]: r
+            for model, pids in ids.items()
+            for r in RecordReader(home / "records").read(model).to_pylist()
+            if r["prediction_id"] in pids
+        }
+        if len(found) == wanted or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 # -- OIP helpers -------------------------------------------------------------------------------

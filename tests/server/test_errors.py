@@ -1,7 +1,7 @@
 """Bad input and broken models: every problem gets its status (400, 404, 405, 413, 422, 503) and a
 JSON ``{"error": ...}`` that names it; a version whose artifact is tampered makes only that model
 unavailable; and no input at all produces a 500 (hypothesis over the routes, and schemathesis over
-the OpenAPI schema)."""
+the OpenAPI schema). All on the tabular home; the text model's errors are in ``test_text.py``."""
 
 from __future__ import annotations
 
@@ -39,8 +39,6 @@ from tests.server.conftest import (
 
 from berth.app import Berth
 from berth.config import Settings
-
-pytestmark = pytest.mark.text  # the module's app serves the MiniLM sentiment model
 
 INFER = "/v2/models/credit/infer"
 
@@ -187,14 +185,13 @@ def test_trailing_binary_bytes_are_a_400(http) -> None:
 )
 def test_a_malformed_binary_bytes_element_is_a_400(http, raw: bytes) -> None:
     header = {
-        "name": "text",
+        "name": "purpose",
         "datatype": "BYTES",
         "shape": [1],
         "parameters": {"binary_data_size": len(raw)},
     }
     content, headers = binary_request({"inputs": [header]}, [raw])
-    response = http.post("/v2/models/sentiment/infer", content=content, headers=headers)
-    assert_error(response, 400, "'text'")
+    assert_error(http.post(INFER, content=content, headers=headers), 400, "'purpose'")
 
 
 # -- values that do not fit the signature: 422 naming the feature ------------------------------
@@ -267,11 +264,6 @@ def test_v1_records_that_do_not_fit_are_422_naming_the_feature(
     assert_error(response, 422, *fragments)
 
 
-def test_v1_texts_that_are_not_strings_are_refused(http) -> None:
-    response = http.post("/v1/predict/sentiment", json={"texts": ["fine", 3]})
-    assert_error(response, 400, "row 1")
-
-
 @pytest.mark.parametrize(
     ("url", "doc", "fragment"),
     [
@@ -281,7 +273,6 @@ def test_v1_texts_that_are_not_strings_are_refused(http) -> None:
         ("/v1/predict/credit", {"records": {"income": 1}}, "'records'"),
         ("/v1/predict/credit", {"records": [1, 2]}, "'records'"),
         ("/v1/predict/credit", {"texts": ["hello"]}, "features"),
-        ("/v1/predict/sentiment", {"texts": "hello"}, "'texts'"),
         ("/v1/predict/credit", {"records": [], "unit_id": 5}, "'unit_id'"),
     ],
 )
@@ -615,7 +606,8 @@ def test_a_streamed_body_under_the_limit_is_read_whole(guarded, served) -> None:
 
 # -- no input produces a 500 -------------------------------------------------------------------
 
-MODELS = ["credit", "numeric", "sentiment", "credit@staging", "nope"]
+TABULAR = ["credit", "numeric"]  # the models of the shared home
+MODELS = [*TABULAR, "credit@staging", "nope"]
 REFS = [*MODELS, "credit/2", "numeric/1", "credit/9", "credit@nope"]
 FEATURES = [*CREDIT_FEATURES, *NUMERIC_FEATURES, "text", "input-0", "colour"]
 DATATYPES = [*sorted(set(CREDIT_DTYPES.values())), "INT8", "UINT8", "UINT64", "FP16", "FP128"]
@@ -658,7 +650,7 @@ def _infer_urls() -> st.SearchStrategy[str]:
     )
     return st.one_of(
         names.map(lambda n: f"/v2/models/{n}/infer"),
-        st.tuples(st.sampled_from(MODELS[:3]), versions).map(
+        st.tuples(st.sampled_from(TABULAR), versions).map(
             lambda nv: f"/v2/models/{nv[0]}/versions/{nv[1]}/infer"
         ),
     )
@@ -782,7 +774,7 @@ def test_random_bytes_never_500(http, url: str, body: bytes, header: str | None)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # as above
 @FUZZ
 @given(
-    model=st.sampled_from(["credit", "numeric", "sentiment"]),
+    model=st.sampled_from(TABULAR),
     tensors=st.lists(
         st.tuples(
             st.sampled_from(FEATURES),
@@ -896,7 +888,7 @@ def test_schemathesis_finds_no_server_error(api_schema, method: str, path: str, 
     mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
     known: dict[str, str] = {}
     if "{name}" in path and data.draw(st.booleans()):
-        known["name"] = data.draw(st.sampled_from(["credit", "numeric", "sentiment"]))
+        known["name"] = data.draw(st.sampled_from(TABULAR))
     if "{ref}" in path and data.draw(st.booleans()):
         known["ref"] = data.draw(st.sampled_from(REFS))
     case = data.draw(operation.as_strategy(mode, path_parameters=known or None))

@@ -23,8 +23,8 @@ import sklearn  # noqa: F401
 from sklearn.dummy import DummyClassifier
 
 from berth.app import Berth, ServeOptions, build_server
-from berth.config import Settings
-from berth.runtime.records import read_records
+from berth.config import PathOptions, Settings
+from berth.runtime.record_reader import RecordReader
 from berth.testing import running_server
 
 NAME = "switchy"
@@ -126,7 +126,8 @@ def test_alias_switch_and_rollback_under_load_fail_no_request(
     two_versions: Berth, home: Path
 ) -> None:
     app = build_server(
-        Settings(home=home, user="server"), ServeOptions(poll_interval_s=0.2, access_log=False)
+        Settings(home=home, user="server"),
+        ServeOptions(path=PathOptions(poll_interval_s=0.2), access_log=False),
     )
     with running_server(app) as url, Load(url) as load:
         wait_until(lambda: load.count() >= 40, 20.0, "the first answers")
@@ -266,7 +267,7 @@ def test_sigterm_finishes_requests_and_flushes_the_records(two_versions: Berth, 
         server.stop()
 
     assert all(status == 200 for status, _ in answered), answered
-    records = read_records(Settings(home=home).resolved_records_root(), NAME)
+    records = RecordReader(Settings(home=home).resolved_records_root()).read(NAME)
     on_disk = set(records.column("prediction_id").to_pylist())
     assert set(ids) <= on_disk, "records of answered predictions were lost at shutdown"
     assert {pid for _, pids in answered for pid in pids} <= on_disk

@@ -1,8 +1,9 @@
 """The Open Inference Protocol v2 REST API, in-process: health, metadata, readiness and inference
-with every datatype the signatures need, in JSON and in the binary tensor extension.
+with every datatype the signatures need, in JSON and in the binary tensor extension, on the tabular
+home (the text model's side is in ``test_text.py``).
 
-Outputs are compared with the very scikit-learn / sentence-transformers objects that were
-registered, so a codec that bends a value shows up as a numeric difference."""
+Outputs are compared with the very scikit-learn objects that were registered, so a codec that
+bends a value shows up as a numeric difference."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from tests.server.conftest import (
     CREDIT_FEATURES,
     HEADER_LENGTH,
     NUMERIC_FEATURES,
-    TEXTS,
     binary_request,
     binary_tensor,
     credit_tensors,
@@ -24,8 +24,6 @@ from tests.server.conftest import (
     split_binary_response,
     tensor,
 )
-
-pytestmark = pytest.mark.text  # the module's app serves the MiniLM sentiment model
 
 # -- health and server metadata ----------------------------------------------------------------
 
@@ -96,13 +94,6 @@ def test_metadata_lists_aliases_of_the_version(http) -> None:
     assert http.get("/v2/models/credit/versions/2").json()["parameters"]["aliases"] == ["staging"]
 
 
-def test_text_model_metadata_takes_one_bytes_tensor(http) -> None:
-    body = http.get("/v2/models/sentiment").json()
-    assert body["platform"] == "berth_sentence_transformers"
-    assert body["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    assert [o["name"] for o in body["outputs"]] == ["label", "probabilities"]
-
-
 def test_numeric_model_metadata(http) -> None:
     body = http.get("/v2/models/numeric/versions/1").json()
     assert [(i["name"], i["datatype"]) for i in body["inputs"]] == [
@@ -124,7 +115,6 @@ def test_numeric_model_metadata(http) -> None:
         ("/v2/models/credit/versions/2/ready", "2"),
         ("/v2/models/credit/versions/staging/ready", "2"),
         ("/v2/models/credit@staging/ready", "2"),
-        ("/v2/models/sentiment/ready", "1"),
     ],
 )
 def test_loaded_versions_are_ready(http, url: str, version: str) -> None:
@@ -249,24 +239,6 @@ def test_infer_version_forms(http, served, url: str, version: int) -> None:
     model = served.credit_v1 if version == 1 else served.credit_v2
     proba = np.asarray(outputs_of(body)["probabilities"]["data"]).reshape(len(rows), 2)
     np.testing.assert_allclose(proba, model.predict_proba(rows), rtol=1e-12)
-
-
-@pytest.mark.parametrize("shape", [[len(TEXTS)], [len(TEXTS), 1]])
-def test_infer_text_with_a_bytes_tensor(http, served, shape: list[int]) -> None:
-    data = TEXTS if len(shape) == 1 else [[t] for t in TEXTS]
-    request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape, "data": data}]}
-    response = http.post("/v2/models/sentiment/infer", json=request)
-    assert response.status_code == 200, response.text
-    out = outputs_of(response.json())
-    proba = np.asarray(out["probabilities"]["data"]).reshape(len(TEXTS), 2)
-    np.testing.assert_allclose(proba, served.sentiment.predict_proba(TEXTS), atol=1e-5)
-    assert out["label"]["data"] == served.sentiment.predict(TEXTS).tolist()
-
-
-def test_a_text_tensor_may_have_any_name(http, served) -> None:
-    request = {"inputs": [tensor("sentences", "BYTES", TEXTS[:2])]}
-    response = http.post("/v2/models/sentiment/infer", json=request)
-    assert response.status_code == 200, response.text
 
 
 # -- request id, prediction ids, parameters, requested outputs ---------------------------------
@@ -433,16 +405,6 @@ def test_binary_data_output_parameter_alone_makes_every_output_binary(http, serv
     np.testing.assert_allclose(
         arrays["probabilities"], served.credit_v1.predict_proba(rows), rtol=1e-12
     )
-
-
-def test_binary_bytes_tensor_for_text(http, served) -> None:
-    texts = [*TEXTS[:2], "naïve café ☕"]
-    header, blob = binary_tensor("text", "BYTES", np.array(texts, dtype=object))
-    content, headers = binary_request({"inputs": [header]}, [blob])
-    response = http.post("/v2/models/sentiment/infer", content=content, headers=headers)
-    assert response.status_code == 200, response.text
-    proba = np.asarray(outputs_of(response.json())["probabilities"]["data"]).reshape(-1, 2)
-    np.testing.assert_allclose(proba, served.sentiment.predict_proba(texts), atol=1e-5)
 
 
 def test_binary_2d_fp64_tensor(http, served) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tests.models import SumModel, numbers
 
-from berth.app import Berth, ServeOptions, build_server
-from berth.config import Settings
-from berth.runtime.records import read_records
+from berth.app import Berth, ServeOptions, build_server, read_serving_file
+from berth.config import PathOptions, Settings
+from berth.runtime.record_reader import RecordReader
 from berth.testing import asgi_client
 
 
@@ -31,7 +31,10 @@ def _serve(home: Path, tmp_path: Path, **options: object):
     config.write_text(json.dumps({"models": {"private": {"record": False}}}))
     return build_server(
         Settings(home=home),
-        ServeOptions(poll_interval_s=0, config_file=str(config), **options),  # type: ignore[arg-type]
+        ServeOptions(
+            path=PathOptions(poll_interval_s=0, models=read_serving_file(str(config))),
+            **options,  # type: ignore[arg-type]
+        ),
     )
 
 
@@ -87,5 +90,5 @@ def test_recording_can_be_turned_off_per_model(home: Path, tmp_path: Path) -> No
 
     asyncio.run(go())  # leaving the lifespan flushes the records
     root = Settings(home=home).resolved_records_root()
-    assert read_records(root, "kept").num_rows == 1
-    assert read_records(root, "private").num_rows == 0
+    assert RecordReader(root).read("kept").num_rows == 1
+    assert RecordReader(root).read("private").num_rows == 0

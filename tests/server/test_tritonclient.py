@@ -4,7 +4,8 @@
 tritonclient sends inputs in the binary tensor extension by default (JSON with
 ``binary_data=False``), asks for outputs in binary unless told otherwise, and reads responses with
 the ``Inference-Header-Content-Length`` header: every path of that extension is exercised here as
-real clients use it."""
+real clients use it. The text model's side (BYTES inputs to ``sentiment``) is in
+``test_text.py``."""
 
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from tests.server.conftest import CREDIT_DTYPES, CREDIT_FEATURES, NUMERIC_FEATURES, TEXTS
+from tests.server.conftest import CREDIT_DTYPES, CREDIT_FEATURES, NUMERIC_FEATURES
 from tritonclient.utils import InferenceServerException
 
 from berth.testing import running_server
-
-pytestmark = pytest.mark.text  # the module's app serves the MiniLM sentiment model
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +71,7 @@ def test_server_metadata(triton) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "version"), [("credit", ""), ("credit", "1"), ("credit", "staging"), ("sentiment", "")]
+    ("name", "version"), [("credit", ""), ("credit", "1"), ("credit", "staging"), ("credit", "2")]
 )
 def test_model_is_ready(triton, name: str, version: str) -> None:
     assert triton.is_model_ready(name, version) is True
@@ -144,18 +143,6 @@ def test_infer_one_2d_fp64_input(triton, served) -> None:
         result.as_numpy("probabilities"), served.numeric.predict_proba(rows), rtol=1e-12
     )
     assert result.as_numpy("label").tolist() == served.numeric.predict(rows).tolist()
-
-
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_text_with_a_bytes_input(triton, served, binary: bool) -> None:
-    texts = np.array(TEXTS, dtype=object)
-    item = httpclient.InferInput("text", [len(texts)], "BYTES")
-    item.set_data_from_numpy(texts, binary_data=binary)
-    result = triton.infer("sentiment", [item], outputs=_outputs(binary))
-    np.testing.assert_allclose(
-        result.as_numpy("probabilities"), served.sentiment.predict_proba(TEXTS), atol=1e-5
-    )
-    assert _labels(result.as_numpy("label")) == served.sentiment.predict(TEXTS).tolist()
 
 
 # -- errors reach the client as the server worded them -----------------------------------------

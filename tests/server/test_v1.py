@@ -1,19 +1,13 @@
-"""Berth's /v1 JSON API: records and texts in, labels, probabilities keyed by class and prediction
-ids out; reference forms; unit ids (header and body) reaching the prediction records; and the
-load states that /v1/models reports."""
+"""Berth's /v1 JSON API on the tabular home: records in, labels, probabilities keyed by class and
+prediction ids out; reference forms; unit ids (header and body) reaching the prediction records;
+and the load states that /v1/models reports. Texts in are in ``test_text.py``."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-from tests.server.conftest import TEXTS, credit_tensors
-
-from berth.runtime.records import read_records
-
-pytestmark = pytest.mark.text  # the module's app serves the MiniLM sentiment model
+from tests.server.conftest import credit_tensors, wait_for_records
 
 
 def _records(rows: pd.DataFrame) -> list[dict]:
@@ -53,26 +47,6 @@ def test_prediction_ids_are_unique_within_and_across_requests(http, served) -> N
         ids += [p["prediction_id"] for p in predictions]
     assert all(isinstance(i, str) and i for i in ids)
     assert len(set(ids)) == len(ids) == 3 * len(served.credit_rows)
-
-
-def test_predict_texts(http, served) -> None:
-    response = http.post("/v1/predict/sentiment", json={"texts": TEXTS})
-    assert response.status_code == 200, response.text
-    predictions = response.json()["predictions"]
-    assert [p["label"] for p in predictions] == served.sentiment.predict(TEXTS).tolist()
-    np.testing.assert_allclose(
-        _proba(predictions, ["negative", "positive"]),
-        served.sentiment.predict_proba(TEXTS),
-        atol=1e-5,
-    )
-    ids = [p["prediction_id"] for p in predictions]
-    assert len(set(ids)) == len(TEXTS)
-
-
-def test_predict_records_for_a_text_model(http, served) -> None:
-    response = http.post("/v1/predict/sentiment", json={"records": [{"text": TEXTS[0]}]})
-    assert response.status_code == 200, response.text
-    assert response.json()["predictions"][0]["label"] == served.sentiment.predict(TEXTS[:1])[0]
 
 
 @pytest.mark.parametrize(
@@ -130,23 +104,6 @@ def test_a_record_with_features_in_any_order(http, served) -> None:
 # -- unit ids reach the prediction records -----------------------------------------------------
 
 
-def _wait_for_records(home, ids: dict[str, set[str]], timeout: float = 20.0) -> dict[str, dict]:
-    """The writer flushes every couple of seconds, off the request path: poll until every id
-    (per model) is on disk; returns the rows by prediction id."""
-    deadline = time.monotonic() + timeout
-    wanted = sum(len(v) for v in ids.values())
-    while True:
-        found = {
-            r["prediction_id"]: r
-            for model, pids in ids.items()
-            for r in read_records(home / "records", model).to_pylist()
-            if r["prediction_id"] in pids
-        }
-        if len(found) == wanted or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def recorded(http, served) -> dict[str, dict]:
     """Requests with and without unit ids, on both APIs; their records, by the request's role
@@ -161,7 +118,6 @@ def recorded(http, served) -> dict[str, dict]:
             "/v1/predict/credit", json={**one, "unit_id": "v1-both"}, headers={"X-Berth-Unit": "h"}
         ),
         "v1-none": http.post("/v1/predict/credit", json=one),
-        "v1-text": http.post("/v1/predict/sentiment", json={"texts": TEXTS[:1], "unit_id": "t"}),
         "v1-version-2": http.post("/v1/predict/credit/2", json=one),
         "oip-parameter": http.post(
             "/v2/models/credit/infer",
@@ -179,11 +135,7 @@ def recorded(http, served) -> dict[str, dict]:
             ids[role] = body["predictions"][0]["prediction_id"]
         else:
             ids[role] = body["parameters"]["prediction_ids"][0]
-    by_model = {
-        "credit": {pid for role, pid in ids.items() if role != "v1-text"},
-        "sentiment": {ids["v1-text"]},
-    }
-    rows = _wait_for_records(served.home, by_model)
+    rows = wait_for_records(served.home, {"credit": set(ids.values())})
     return {role: rows.get(pid, {}) for role, pid in ids.items()}
 
 
@@ -194,7 +146,6 @@ def recorded(http, served) -> dict[str, dict]:
         ("v1-body", "v1-b"),
         ("v1-both", "v1-both"),
         ("v1-none", None),
-        ("v1-text", "t"),
         ("oip-parameter", "oip-p"),
         ("oip-header", "oip-h"),
     ],
@@ -207,7 +158,7 @@ def test_unit_id_is_recorded(recorded, role: str, unit: str | None) -> None:
 def test_records_hold_model_version_mode_and_latency(recorded) -> None:
     assert recorded["v1-version-2"]["version"] == 2
     assert recorded["v1-none"]["version"] == 1
-    assert recorded["v1-text"]["model"] == "sentiment"
+    assert recorded["v1-none"]["model"] == "credit"
     for row in recorded.values():
         assert row["mode"] == "realtime"
         assert row["latency_ms"] > 0
@@ -223,13 +174,12 @@ def test_models_lists_every_model_with_aliases_and_load_states(http, served) -> 
     response = http.get("/v1/models")
     assert response.status_code == 200
     models = {m["name"]: m for m in response.json()["models"]}
-    assert set(models) == {"credit", "numeric", "sentiment"}
+    assert set(models) == {"credit", "numeric"}
     credit = models["credit"]
     assert credit["versions"] == 2
     assert credit["latest"] == 2
     assert credit["aliases"] == {"production": 1, "staging": 2}
     assert credit["loaded"] == {"1": "ready", "2": "ready"}
-    assert models["sentiment"]["loaded"] == {"1": "ready"}
     assert models["numeric"]["aliases"] == {}
     assert models["numeric"]["loaded"].get("2") == "ready"
 

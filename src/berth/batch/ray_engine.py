@@ -1,8 +1,9 @@
-"""The Ray engine: a job's prediction stage on Ray Data, everything else as on one machine.
+"""The Ray engine: a job's predictions on Ray Data, everything else as on one machine.
 
-The driver reads, validates and checkpoints chunks exactly as the local engine does (so inputs,
-resume, errors, records and the output are the same); windows of validated chunks go to Ray Data,
-whose workers predict in parallel across the cluster and hand the outputs back in order.
+The driver reads, validates, records and checkpoints chunks exactly as the local engine does (so
+inputs, resume, errors, records and the output are the same); the inference path hands windows of
+validated chunks to this backend, whose Ray Data workers predict them in parallel across the
+cluster and hand the outputs back in order.
 
 Workers load the version from the artifact store by its digest, verified as on any load, and keep
 it for the next window: Ray reuses its worker processes, so a model loads once per worker, not
@@ -14,67 +15,91 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from berth.batch.scoring import Prepared
 from berth.errors import MissingExtraError, UnavailableError
 from berth.registry.artifacts import ArtifactStore
 from berth.registry.service import VersionInfo
 from berth.runtime.loading import LoadedModel, load_resolved
+from berth.runtime.outputs import from_plain_columns, to_plain_columns
 
 if TYPE_CHECKING:
     from berth.types import Outputs
 
 _CHUNK = "__berth_chunk"
-_SEP = "\x1f"
 _LOADED: dict[str, LoadedModel] = {}
 """Per worker process: versions already loaded, by digest."""
 
 
-def predict_on_ray(
-    prepared: Iterator[Prepared],
-    info: VersionInfo,
-    artifact_root: Path,
-    address: str | None,
-    *,
-    window: int | None = None,
-) -> Iterator[tuple[Prepared, Outputs, float]]:
-    ray = _ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-        except ConnectionError as exc:
-            raise UnavailableError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
-    try:
+class RayBackend:
+    """A :class:`berth.runtime.path.Backend` on a Ray cluster (a local one without an
+    address). Use as a context manager: Ray starts on entry and, if it started here, stops on
+    exit."""
+
+    def __init__(self, artifact_root: Path, address: str | None) -> None:
+        self.artifact_root = artifact_root
+        self.address = address
+        self.cpus = 1
+        self._ray: Any = None
+        self._started_here = False
+
+    @property
+    def window(self) -> int:
+        """Chunks handed over at once: enough to keep every core busy."""
+        return 2 * self.cpus
+
+    def __enter__(self) -> RayBackend:
+        ray = _ray()
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            try:
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            except ConnectionError as exc:
+                raise UnavailableError(
+                    f"cannot reach the Ray cluster at {self.address}: {exc}"
+                ) from exc
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # a plan line per window
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
-        cpus = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-        size = window or 2 * cpus
-        group: list[Prepared] = []
-        for item in prepared:
-            group.append(item)
-            if len(group) == size:
-                yield from _window(ray, group, info, artifact_root, cpus)
-                group = []
-        if group:
-            yield from _window(ray, group, info, artifact_root, cpus)
-    finally:
-        if started_here:
-            ray.shutdown()
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+        self._ray = ray
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started_here:
+            self._ray.shutdown()
+
+    def predict(self, info: VersionInfo, frames: list[pd.DataFrame]) -> list[Outputs]:
+        if not frames:
+            return []
+        tagged = [frame.assign(**{_CHUNK: i}) for i, frame in enumerate(frames)]
+        dataset = self._ray.data.from_pandas(tagged).map_batches(
+            _predict_block,
+            fn_kwargs={"info": info, "artifact_root": str(self.artifact_root)},
+            batch_size=None,
+            batch_format="pandas",
+            concurrency=min(self.cpus, len(frames)),
+        )
+        scored = dataset.to_pandas()
+        results: dict[int, Outputs] = {}
+        for index, rows in scored.groupby(_CHUNK, sort=False):
+            results[int(index)] = from_plain_columns(rows.drop(columns=[_CHUNK]))
+        out = []
+        for i, frame in enumerate(frames):
+            outputs = results.get(i, {})
+            if len(next(iter(outputs.values()), ())) != len(frame):
+                raise UnavailableError("Ray returned a wrong number of rows for a chunk")
+            out.append(outputs)
+        return out
 
 
 def _ray() -> Any:
@@ -86,63 +111,13 @@ def _ray() -> Any:
     return ray
 
 
-def _window(
-    ray: Any, group: list[Prepared], info: VersionInfo, root: Path, cpus: int
-) -> Iterator[tuple[Prepared, Outputs, float]]:
-    started = time.perf_counter()
-    scorable = [p for p in group if len(p.kept)]
-    results: dict[int, Outputs] = {}
-    if scorable:
-        frames = [p.checked.frame.assign(**{_CHUNK: p.chunk.index}) for p in scorable]
-        dataset = ray.data.from_pandas(frames).map_batches(
-            _predict_block,
-            fn_kwargs={"info": info, "artifact_root": str(root)},
-            batch_size=None,
-            batch_format="pandas",
-            concurrency=min(cpus, len(frames)),
-        )
-        scored = dataset.to_pandas()
-        for index, rows in scored.groupby(_CHUNK, sort=False):
-            results[int(index)] = _outputs(rows.drop(columns=[_CHUNK]))
-    latency_ms = (time.perf_counter() - started) * 1000.0 / max(1, len(group))
-    for item in group:
-        outputs = results.get(item.chunk.index, {})
-        if len(item.kept) and len(next(iter(outputs.values()), ())) != len(item.kept):
-            raise UnavailableError(
-                f"Ray returned a wrong number of rows for chunk {item.chunk.index}"
-            )
-        yield item, outputs, latency_ms
-
-
 def _predict_block(frame: pd.DataFrame, *, info: VersionInfo, artifact_root: str) -> pd.DataFrame:
-    """On a Ray worker: one validated chunk in, its outputs as flat columns out."""
+    """On a Ray worker: the path's predict step for one validated chunk, outputs as 1-D columns
+    (what a DataFrame block carries)."""
     model = _LOADED.get(info.digest)
     if model is None:
         model = load_resolved(ArtifactStore(Path(artifact_root)), info)
         _LOADED[info.digest] = model
     chunk = frame.pop(_CHUNK).to_numpy()
     outputs = model.predict_validated(frame.reset_index(drop=True))
-    columns: dict[str, Any] = {_CHUNK: chunk}
-    for name, values in outputs.items():
-        if values.ndim == 2:
-            for i in range(values.shape[1]):
-                columns[f"{name}{_SEP}{i}"] = values[:, i]
-        else:
-            columns[name] = values
-    return pd.DataFrame(columns)
-
-
-def _outputs(frame: pd.DataFrame) -> Outputs:
-    """The flat columns back as the predictor's outputs (2-D ones put together again)."""
-    outputs: dict[str, Any] = {}
-    wide: dict[str, list[str]] = {}
-    for column in frame.columns:
-        name, sep, _ = str(column).partition(_SEP)
-        if sep:
-            wide.setdefault(name, []).append(str(column))
-        else:
-            outputs[name] = frame[column].to_numpy()
-    for name, columns in wide.items():
-        ordered = sorted(columns, key=lambda c: int(c.rsplit(_SEP, 1)[1]))
-        outputs[name] = np.column_stack([frame[c].to_numpy() for c in ordered])
-    return outputs
+    return pd.DataFrame({_CHUNK: chunk, **to_plain_columns(outputs)})

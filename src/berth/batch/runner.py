@@ -9,7 +9,6 @@ which is what lets the stages overlap.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import queue
 import shutil
@@ -19,22 +18,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
 from berth.batch import scoring, sinks
 from berth.batch.jobs import RESUMABLE, JobInfo, JobStore
 from berth.batch.sources import Chunk, Reader, input_stamp, open_reader
 from berth.batch.specs import JobSpec
 from berth.errors import BerthError, ConflictError, InvalidInputError
-from berth.registry.references import Reference, parse_reference
-from berth.registry.service import Registry, VersionInfo
-from berth.runtime.loading import load_resolved
-from berth.runtime.records import remove_records, write_records
-
-if TYPE_CHECKING:
-    from berth.types import Outputs
+from berth.registry.references import Reference
+from berth.registry.signature import Signature
+from berth.runtime.outputs import flat_fields
+from berth.runtime.path import Backend, InferencePath
+from berth.runtime.routing import Target
 
 log = logging.getLogger("berth.batch")
 
@@ -64,10 +62,10 @@ class Quiet:
 class BatchContext:
     """What a job needs from the composition root."""
 
-    registry: Registry
+    path: InferencePath
     jobs: JobStore
     work_root: Path
-    records_root: Path
+    artifact_root: Path
     actor: str
 
 
@@ -100,9 +98,10 @@ def run_job(
         if existing.status not in RESUMABLE:
             raise ConflictError(f"job {existing.id} was {existing.status}; it cannot be resumed")
         spec = existing.spec if resume else spec
-        info = ctx.registry.resolve(Reference(existing.model, version=existing.version))
+        target = ctx.path.resolve_sync(Reference(existing.model, version=existing.version))
     else:
-        info = ctx.registry.resolve(parse_reference(spec.reference))
+        target = ctx.path.resolve_sync(spec.reference)
+    info = target.info
     signature = info.signature
     scoring.check_passthrough(signature, spec.passthrough)
     wanted = list(dict.fromkeys([*signature.names, *spec.passthrough]))
@@ -135,7 +134,7 @@ def run_job(
         with _lock(work, job):
             if existing is not None:
                 job = ctx.jobs.claim(job.id, actor=ctx.actor)
-            return _run(ctx, job, spec, info, reader, work, progress)
+            return _run(ctx, job, spec, target, reader, work, progress)
     finally:
         reader.close()
 
@@ -163,7 +162,8 @@ def _abandon(ctx: BatchContext, job: JobInfo) -> None:
     with _lock(work, job):  # not while a live process runs it
         message = "given up for a new start (--restart)"
         ctx.jobs.finish(job.id, "abandoned", message, seconds=job.seconds)
-        remove_records(ctx.records_root, job.model, f"batch-{job.id}-")
+        if ctx.path.records is not None:
+            ctx.path.records.discard(job.model, f"batch-{job.id}-")
         job.spec.errors_file(work).unlink(missing_ok=True)  # its bad rows, written when it stopped
     shutil.rmtree(work, ignore_errors=True)
 
@@ -172,23 +172,23 @@ def _abandon(ctx: BatchContext, job: JobInfo) -> None:
 def _lock(work: Path, job: JobInfo) -> Iterator[None]:
     """Only a live process holds the lock, so a job whose process was killed is free to resume
     while a running one is not run twice."""
-    handle: IO[str] = open(work / "lock", "w")  # noqa: SIM115 - held for the with block
+    lock = FileLock(work / "lock", timeout=0)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            where = f" (process {job.pid} on {job.host})" if job.pid else ""
-            raise ConflictError(f"job {job.id} is running{where}") from None
+        lock.acquire()
+    except Timeout:
+        where = f" (process {job.pid} on {job.host})" if job.pid else ""
+        raise ConflictError(f"job {job.id} is running{where}") from None
+    try:
         yield
     finally:
-        handle.close()
+        lock.release()
 
 
 def _run(
     ctx: BatchContext,
     job: JobInfo,
     spec: JobSpec,
-    info: VersionInfo,
+    target: Target,
     reader: Reader,
     work: Path,
     progress: Progress,
@@ -219,8 +219,8 @@ def _run(
         state = _State(rows, bad, done)
 
         def commit(scored: scoring.Scored, chunk_rows: int) -> None:
-            if scored.record is not None and spec.record:
-                write_records(ctx.records_root, scored.record, f"batch-{job.id}-{scored.index:06d}")
+            if scored.result.recorded is not None:
+                scored.result.recorded.result()  # records before the checkpoint
             sinks.write_part(errors, scored.index, scored.errors)
             # The checkpoint: after it, the chunk is done.
             sinks.write_part(outputs, scored.index, scored.output, parquet=parquet_parts)
@@ -241,9 +241,9 @@ def _run(
             if spec.max_errors.exceeded(state.errors, state.rows):
                 raise _stopped(spec, work, state.rows, state.errors)
 
-        _pipeline(ctx, reader.chunks(spec.chunk_rows, done), info, spec, job, commit, progress)
+        _pipeline(ctx, reader.chunks(spec.chunk_rows, done), target, spec, job, commit, progress)
         progress.phase("writing the output")
-        _finish_output(spec, work, stream.finish(state.chunks), info, state.errors)
+        _finish_output(spec, work, stream.finish(state.chunks), target.info.signature, state.errors)
     except KeyboardInterrupt:
         stream.drop()
         ctx.jobs.finish(
@@ -283,46 +283,68 @@ class _State:
 def _pipeline(
     ctx: BatchContext,
     chunks: Iterator[Chunk],
-    info: VersionInfo,
+    target: Target,
     spec: JobSpec,
     job: JobInfo,
     commit: Callable[[scoring.Scored, int], None],
     progress: Progress,
 ) -> None:
-    signature = info.signature
-    prepared = _prefetch(scoring.prepare(c, signature) for c in chunks)
-    predicted: Iterator[tuple[scoring.Prepared, Outputs, float]]
-    if spec.engine == "ray":
-        from berth.batch.ray_engine import predict_on_ray
-
-        progress.phase(f"scoring {info.ref} on Ray")
-        predicted = predict_on_ray(prepared, info, ctx.registry.store.root, spec.ray_address)
-    else:
-        progress.phase(f"loading {info.ref}")
-        model = load_resolved(ctx.registry.store, info)
-        progress.phase(f"scoring with {info.ref}")
-        predicted = ((item, *scoring.predict(model, item)) for item in prepared)
+    path = ctx.path
+    prepared = _prefetch(scoring.prepare(path, target, c) for c in chunks)
     pending: Future[None] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="berth-batch-writer") as writer:
+    with (
+        _backend(ctx, spec, target, progress) as backend,
+        ThreadPoolExecutor(1, thread_name_prefix="berth-batch-writer") as writer,
+    ):
         try:
-            for item, outputs, latency_ms in predicted:
-                scored = scoring.assemble(
-                    item,
-                    outputs,
-                    latency_ms,
-                    signature=signature,
-                    passthrough=spec.passthrough,
-                    job_id=job.id,
-                    model=job.model,
-                    version=job.version,
+            for group in _windows(prepared, getattr(backend, "window", 1)):
+                results = path.run_window(
+                    target,
+                    [item.validated for item in group],
+                    mode="batch",
+                    ids=[item.prediction_ids(job.id) for item in group],
+                    record_keys=[f"batch-{job.id}-{item.chunk.index:06d}" for item in group],
+                    record=spec.record,
+                    backend=backend,
                 )
-                if pending is not None:
-                    pending.result()  # a failed write stops the job here
-                pending = writer.submit(commit, scored, item.chunk.rows)
+                for item, result in zip(group, results, strict=True):
+                    scored = scoring.assemble(item, result, passthrough=spec.passthrough)
+                    if pending is not None:
+                        pending.result()  # a failed write stops the job here
+                    pending = writer.submit(commit, scored, item.chunk.rows)
             if pending is not None:
                 pending.result()
         finally:
             prepared.close()
+
+
+@contextlib.contextmanager
+def _backend(
+    ctx: BatchContext, spec: JobSpec, target: Target, progress: Progress
+) -> Iterator[Backend | None]:
+    """Where predictions run: Ray workers, or (None) the path's own thread here."""
+    if spec.engine == "ray":
+        from berth.batch.ray_engine import RayBackend
+
+        progress.phase(f"scoring {target.info.ref} on Ray")
+        with RayBackend(ctx.artifact_root, spec.ray_address) as ray:
+            yield ray
+        return
+    progress.phase(f"loading {target.info.ref}")
+    ctx.path.load_sync(target)
+    progress.phase(f"scoring with {target.info.ref}")
+    yield None
+
+
+def _windows(items: Iterator[scoring.Prepared], size: int) -> Iterator[list[scoring.Prepared]]:
+    group: list[scoring.Prepared] = []
+    for item in items:
+        group.append(item)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 class _prefetch(Iterator[Any]):
@@ -375,7 +397,7 @@ class _Failure:
 
 
 def _finish_output(
-    spec: JobSpec, work: Path, streamed: Path | None, info: VersionInfo, bad: int
+    spec: JobSpec, work: Path, streamed: Path | None, signature: Signature, bad: int
 ) -> None:
     outputs = work / "parts"
     if bad:  # first: a failure here leaves no output in place that a rerun would refuse
@@ -384,7 +406,7 @@ def _finish_output(
         sinks.place(streamed, spec.output, spec.overwrite)
     else:
         output_parts = sinks.parts(outputs)
-        schema = _schema(output_parts) or _empty_output(spec, info)
+        schema = _schema(output_parts) or _empty_output(spec, signature)
         sinks.assemble(spec.output, output_parts, schema, spec.overwrite)
     if not bad and spec.errors_file(work).exists() and spec.overwrite:
         spec.errors_file(work).unlink()  # an earlier run's, no longer true
@@ -426,8 +448,8 @@ def _schema(parts: list[Path]) -> pa.Schema | None:
         return pa.schema(fields)
 
 
-def _empty_output(spec: JobSpec, info: VersionInfo) -> pa.Schema:
+def _empty_output(spec: JobSpec, signature: Signature) -> pa.Schema:
     """The output's columns for an input without rows: typed as a non-empty run's would be
     (passthrough columns, whose type only data tells, as text)."""
     fields = [pa.field(name, pa.string()) for name in spec.passthrough]
-    return pa.schema(fields + scoring.output_fields(info.signature))
+    return pa.schema(fields + flat_fields(signature))

@@ -1,14 +1,13 @@
-"""One chunk through the inference path: validate, predict, and the output, error and record rows.
+"""One chunk of a batch job: its rows into the inference path, its output and error rows out.
 
-Both engines (local threads, Ray workers) score with these functions, which is why their outputs
-are the same. Prediction ids are the job id and the input row number (``3f2a9c1b7d4e-1234``):
-unique, traceable to the input row, and the same when a chunk is scored again after an
-interruption.
+Both engines (local threads, Ray workers) go through these functions and the path's
+``validate`` and ``run_window``, which is why their outputs are the same. Prediction ids are the
+job id and the input row number (``3f2a9c1b7d4e-1234``): unique, traceable to the input row, and
+the same when a chunk is scored again after an interruption.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +18,13 @@ import pyarrow.compute as pc
 from berth.batch.sources import Chunk
 from berth.errors import InvalidInputError
 from berth.registry.signature import Signature
-from berth.runtime.records import RecordBatch
-from berth.runtime.validation import Checked, check_columns
+from berth.runtime.outputs import flat_names, to_flat_columns
+from berth.runtime.path import Validated
 
 if TYPE_CHECKING:
-    from berth.runtime.loading import LoadedModel
-    from berth.types import Outputs
+    from berth.runtime.path import InferencePath, Result
+    from berth.runtime.routing import Target
 
-META_COLUMNS = ("prediction_id", "model", "version")
 ERROR_COLUMNS = ("row", "error")
 
 
@@ -35,11 +33,17 @@ class Prepared:
     """A chunk after validation, before prediction."""
 
     chunk: Chunk
-    checked: Checked
+    validated: Validated
+    decodable: np.ndarray[Any, Any]
+    """Rows of the chunk the reader could decode: what went to validation, in order."""
     kept: np.ndarray[Any, Any]
     """Rows of the chunk that are scored."""
     bad: np.ndarray[Any, Any]
     reasons: list[str]
+
+    def prediction_ids(self, job_id: str) -> pa.Array:
+        """One id per row that went to validation (the path keeps those of the scored rows)."""
+        return prediction_ids(job_id, self.chunk.first_row + self.decodable)
 
 
 @dataclass
@@ -47,41 +51,11 @@ class Scored:
     index: int
     output: pa.Table
     errors: pa.Table
-    record: RecordBatch | None
-
-
-def output_names(signature: Signature) -> list[str]:
-    """The output's columns after the passthrough ones: ids, then each output flattened (class
-    probabilities become one column per class, ``probabilities_1``)."""
-    names = list(META_COLUMNS)
-    for out in signature.outputs:
-        if len(out.shape) == 2 and out.classes is not None and out.shape[1] == len(out.classes):
-            names += [f"{out.name}_{c}" for c in out.classes]
-        else:
-            names.append(out.name)
-    return names
-
-
-def output_fields(signature: Signature) -> list[pa.Field]:
-    """The typed fields of :func:`output_names`: what an output without rows still declares."""
-    fields = [
-        pa.field("prediction_id", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("version", pa.int32()),
-    ]
-    for out in signature.outputs:
-        base = pa.string() if out.dtype == "string" else pa.from_numpy_dtype(np.dtype(out.dtype))
-        if len(out.shape) == 2 and out.classes is not None and out.shape[1] == len(out.classes):
-            fields += [pa.field(f"{out.name}_{c}", base) for c in out.classes]
-        elif len(out.shape) == 2:
-            fields.append(pa.field(out.name, pa.list_(base)))
-        else:
-            fields.append(pa.field(out.name, base))
-    return fields
+    result: Result
 
 
 def check_passthrough(signature: Signature, passthrough: tuple[str, ...]) -> None:
-    clash = sorted(set(passthrough) & set(output_names(signature)))
+    clash = sorted(set(passthrough) & set(flat_names(signature)))
     if clash:
         raise InvalidInputError(
             f"--passthrough {', '.join(map(repr, clash))} would clash with the output's own "
@@ -89,11 +63,11 @@ def check_passthrough(signature: Signature, passthrough: tuple[str, ...]) -> Non
         )
 
 
-def prepare(chunk: Chunk, signature: Signature) -> Prepared:
-    rows = chunk.rows
-    names = signature.names
-    refused = {row: reason for row, reason in chunk.failed}
-    decodable = np.arange(rows, dtype=np.intp)
+def prepare(path: InferencePath, target: Target, chunk: Chunk) -> Prepared:
+    """Validate a chunk, refusing bad rows (the reader's undecodable ones included)."""
+    names = target.info.signature.names
+    refused = dict(chunk.failed)
+    decodable = np.arange(chunk.rows, dtype=np.intp)
     features: Any
     if refused:
         decodable = decodable[~np.isin(decodable, list(refused))]
@@ -105,101 +79,37 @@ def prepare(chunk: Chunk, signature: Signature) -> Prepared:
         features = {n: chunk.data[n] for n in names}
         if refused:
             features = {n: v[decodable] for n, v in features.items()}
-    checked = check_columns(signature, features) if len(decodable) else _nothing()
-    for row, reason in zip(decodable[checked.bad_rows].tolist(), checked.reasons, strict=True):
+    validated = (
+        path.validate(target, features, bad_rows="refuse")
+        if len(decodable)
+        else Validated.nothing(target.info.signature)
+    )
+    for row, reason in zip(decodable[validated.bad_rows].tolist(), validated.reasons, strict=True):
         refused[row] = reason
     bad = np.array(sorted(refused), dtype=np.intp)
-    return Prepared(
-        chunk,
-        checked,
-        kept=decodable[checked.kept],
-        bad=bad,
-        reasons=[refused[int(r)] for r in bad],
-    )
+    kept = decodable if validated.kept is None else decodable[validated.kept]
+    return Prepared(chunk, validated, decodable, kept, bad, [refused[int(r)] for r in bad])
 
 
-def _nothing() -> Checked:
-    import pandas as pd
-
-    empty = np.empty(0, dtype=np.intp)
-    return Checked(pd.DataFrame(), {}, empty, empty, [])
-
-
-def predict(model: LoadedModel, prepared: Prepared) -> tuple[Outputs, float]:
-    started = time.perf_counter()
-    if not len(prepared.kept):
-        return {}, 0.0
-    outputs = model.predict_validated(prepared.checked.frame)
-    return outputs, (time.perf_counter() - started) * 1000.0
-
-
-def assemble(
-    prepared: Prepared,
-    outputs: Outputs,
-    latency_ms: float,
-    *,
-    signature: Signature,
-    passthrough: tuple[str, ...],
-    job_id: str,
-    model: str,
-    version: int,
-) -> Scored:
+def assemble(prepared: Prepared, result: Result, *, passthrough: tuple[str, ...]) -> Scored:
+    """The chunk's output rows (passthrough columns, ids, flat outputs) and error rows."""
     chunk = prepared.chunk
     kept = prepared.kept
     n = len(kept)
+    info = result.info
     columns: dict[str, Any] = {name: _take(chunk.data, name, kept) for name in passthrough}
-    ids = prediction_ids(job_id, chunk.first_row + kept)
-    columns["prediction_id"] = ids
-    columns["model"] = pa.repeat(pa.scalar(model, pa.string()), n)
-    columns["version"] = pa.repeat(pa.scalar(version, pa.int32()), n)
-    if not n:  # every row refused: the declared columns, empty
-        for field in output_fields(signature)[len(META_COLUMNS) :]:
-            columns[field.name] = pa.array([], type=field.type)
-    for out in signature.outputs if n else ():
-        values = outputs[out.name]
-        classes = out.classes
-        if len(out.shape) == 2 and classes is not None and out.shape[1] == len(classes):
-            for i, cls in enumerate(classes):
-                columns[f"{out.name}_{cls}"] = pa.array(values[:, i])
-        elif values.ndim == 2:
-            flat = pa.array(values.reshape(-1))
-            columns[out.name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-        else:
-            columns[out.name] = pa.array(values.tolist() if values.dtype == object else values)
+    ids = result.prediction_ids
+    columns["prediction_id"] = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+    columns["model"] = pa.repeat(pa.scalar(info.model, pa.string()), n)
+    columns["version"] = pa.repeat(pa.scalar(info.version, pa.int32()), n)
+    columns.update(to_flat_columns(result.outputs, info.signature, n))
     errors: dict[str, Any] = {
         "row": pa.array(chunk.first_row + prepared.bad, type=pa.int64()),
         "error": pa.array(prepared.reasons, type=pa.string()),
     }
     for name in passthrough:
         errors[name] = _take(chunk.data, name, prepared.bad)
-    record = None
-    if n:
-        inputs = _record_inputs(prepared, signature)
-        record = RecordBatch(model, version, "batch", ids, inputs, outputs, latency_ms)
-    return Scored(chunk.index, pa.table(columns), pa.table(errors), record)
-
-
-def _record_inputs(prepared: Prepared, signature: Signature) -> dict[str, Any]:
-    """The validated inputs for the records. Text columns of an Arrow chunk go as the Arrow
-    arrays they came in (validation does not change a string): making Arrow strings again from
-    Python ones would hold the GIL that prediction needs."""
-    columns: dict[str, Any] = dict(prepared.checked.columns)
-    data = prepared.chunk.data
-    if not isinstance(data, pa.Table):
-        return columns
-    everything = len(prepared.kept) == prepared.chunk.rows
-    rows = None if everything else pa.array(prepared.kept, type=pa.int64())
-    for feature in signature.inputs:
-        values = data.column(feature.name)
-        if feature.dtype == "string" and _is_text(values.type):
-            columns[feature.name] = values if rows is None else values.take(rows)
-    return columns
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
-    )
+    return Scored(chunk.index, pa.table(columns), pa.table(errors), result)
 
 
 def prediction_ids(job_id: str, rows: np.ndarray[Any, Any]) -> pa.Array:

@@ -29,19 +29,18 @@ def logs(
 
     Example: berth logs credit-risk@production --since 1h --output last-hour.parquet
     """
-    from berth.runtime.records import parse_since, read_records
+    from berth.runtime.record_reader import RecordReader, parse_since
 
     c = client(ctx)
     reference = parse_reference(ref)
     version = None
-    if "/" in ref or "@" in ref:
-        version = c.registry.resolve(reference).version
-    else:
+    if reference.is_default:  # the model: every version's records
         c.registry.list_versions(reference.name)  # a clear error for an unknown model
+    else:
+        version = c.get_version(str(reference)).version
     if output is not None and output.suffix.lower() not in (".parquet", ".csv"):
         raise InvalidInputError(f"cannot export to {output.name!r}: use .parquet or .csv")
-    table = read_records(
-        c.settings.resolved_records_root(),
+    table = RecordReader(c.settings.resolved_records_root()).read(
         reference.name,
         version=version,
         since=parse_since(since),

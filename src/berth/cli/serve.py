@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import threading
@@ -59,18 +57,24 @@ def serve(
 
     Example: berth serve --port 8000 --workers 2
     """
-    from berth.app import ServeOptions, load_serving_configs
+    from berth.app import declared, read_serving_file
+    from berth.config import ServeOptions
 
-    load_serving_configs(config)  # a bad file fails here, in one line, not in every worker
-    options = ServeOptions(
-        config_file=os.path.abspath(config) if config else None,
-        record=records,
-        poll_interval_s=poll_interval,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
-        threads=threads,
-        torch_threads=torch_threads,
-        access_log=access_log,
-        workers=workers,
+    # The file is read here, once: a bad one fails in one line, not in every worker.
+    models = read_serving_file(config) if config else {}
+    options = declared(
+        ServeOptions,
+        {
+            "path": {
+                "record": records,
+                "poll_interval_s": poll_interval,
+                "threads": {"threads": threads, "torch_threads": torch_threads, "workers": workers},
+                "models": models,
+            },
+            "max_body_bytes": max(1, int(max_body_mb * 1024 * 1024)),
+            "access_log": access_log,
+        },
+        "berth serve",
     )
     c = client(ctx)
     settings = c.settings
@@ -120,7 +124,7 @@ def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> Non
     if workers == 1:
         uvicorn.run(build_server(settings, options), **common)  # type: ignore[arg-type]
         return
-    os.environ[SERVE_OPTIONS_ENV] = json.dumps(dataclasses.asdict(options))
+    os.environ[SERVE_OPTIONS_ENV] = options.model_dump_json()
     os.environ["BERTH_HOME"] = str(settings.home.resolve())
     if settings.database_url:
         os.environ["BERTH_DATABASE_URL"] = settings.database_url

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from berth.config import ThreadLimits
 from berth.errors import InvalidInputError, UntrustedArtifactError
 from berth.flavors import text_encoder
-from berth.flavors.base import Flavor, classifier_outputs
+from berth.flavors.base import TEXT_BATCHING, Flavor, classifier_outputs
 from berth.flavors.linear_head import LinearHead
 from berth.flavors.sklearn import import_skops
 from berth.registry.profile import Embedder
@@ -60,6 +62,15 @@ class SentenceClassifier:
 class SentenceTransformersFlavor(Flavor):
     name = "sentence_transformers"
     extra = "text"
+    modality = "text"
+    batching = TEXT_BATCHING
+
+    def configure_thread(self, limits: ThreadLimits) -> None:
+        """torch's pool is process-wide: the cores divided by the server's workers."""
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(limits.torch())
+
     packages = ("sentence-transformers", "transformers", "torch", "tokenizers")
 
     def matches(self, model: object) -> bool:

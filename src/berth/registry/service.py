@@ -30,6 +30,7 @@ from berth.registry.references import (
     check_alias,
     check_model_name,
     parse_reference,
+    pick_version,
 )
 from berth.registry.signature import Signature
 from berth.registry.tables import (
@@ -251,24 +252,17 @@ class Registry:
     # -- reads -------------------------------------------------------------------------------
 
     def resolve(self, ref: str | Reference) -> VersionInfo:
-        reference = parse_reference(ref) if isinstance(ref, str) else ref
+        """The version a reference means, by the one rule of :func:`pick_version`."""
+        reference = parse_reference(ref)
         with self.db.read() as s:
             model = _model(s, reference.name)
             aliases = _aliases(s, model.id)
-            if reference.version is not None:
-                number = reference.version
-            elif reference.alias == LATEST:
+            latest = None
+            if reference.version is None:
                 latest = s.scalar(
                     select(func.max(VersionRow.version)).where(VersionRow.model_id == model.id)
                 )
-                if latest is None:
-                    raise VersionNotFoundError(reference.name, LATEST)
-                number = latest
-            else:
-                assert reference.alias is not None
-                if reference.alias not in aliases:
-                    raise AliasNotFoundError(reference.name, reference.alias, sorted(aliases))
-                number = aliases[reference.alias]
+            number = pick_version(reference, aliases, latest)
             row = _version_row(s, model, number)
             return _version_info(model.name, row, _aliases_of(aliases, number))
 

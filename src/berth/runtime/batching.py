@@ -13,34 +13,14 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from berth.config import BatchingConfig
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from berth.types import Outputs
-
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    """How requests for one version are grouped. ``max_batch_size=1`` turns batching off."""
-
-    max_batch_size: int = 1
-    max_latency_ms: float = 0.0
-    target_p99_ms: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_batch_size > 1
-
-
-TEXT_DEFAULT = BatchingConfig(max_batch_size=32, max_latency_ms=5.0)
-"""Transformers gain several-fold from batches, worth a short wait for company."""
-
-TABULAR_DEFAULT = BatchingConfig(max_batch_size=32, max_latency_ms=0.0)
-"""Tabular models never wait (a lone request runs at once) but take together whatever queued
-while the previous call ran: under load that tripled credit-risk's throughput on two cores."""
 
 
 class LatencyWindow:

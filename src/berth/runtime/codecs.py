@@ -1,5 +1,5 @@
-"""Decoding the shapes users send (records, columns, texts, arrays, Arrow) into one DataFrame, and
-encoding outputs back into rows. Transport formats (OIP tensors, CSV) build on these."""
+"""Decoding the shapes users send (records, columns, texts, arrays, Arrow) into named columns.
+Transport formats (OIP tensors, CSV) build on these; outputs go back through ``outputs``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pandas as pd
 
 from berth.errors import InvalidInputError, SchemaError
 from berth.registry.signature import TEXT_INPUT, Signature
-from berth.types import Outputs
 
 Columns = dict[str, "np.ndarray[Any, Any]"]
 """Named 1-D arrays of equal length: a batch before it becomes a DataFrame. Small requests stay
@@ -125,20 +124,3 @@ def _array(array: np.ndarray[Any, Any], signature: Signature) -> Columns:
             f"({', '.join(signature.names)})"
         )
     return {name: array[:, i].copy() for i, name in enumerate(signature.names)}
-
-
-def to_records(outputs: Outputs, signature: Signature) -> list[dict[str, Any]]:
-    """One JSON-ready dict per row: the label, and probabilities keyed by class."""
-    classes = {o.name: o.classes for o in signature.outputs}
-    n = len(next(iter(outputs.values()))) if outputs else 0
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    for name, values in outputs.items():
-        cls = classes.get(name)
-        if values.ndim == 2 and cls is not None and len(cls) == values.shape[1]:
-            keys = [str(c) for c in cls]
-            for row, vec in zip(rows, values.tolist(), strict=True):
-                row[name] = dict(zip(keys, vec, strict=True))
-        else:
-            for row, value in zip(rows, values.tolist(), strict=True):
-                row[name] = value
-    return rows

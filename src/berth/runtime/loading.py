@@ -1,28 +1,26 @@
-"""Loading a version from the registry into a validated predictor."""
+"""Loading a version from the artifact store into a predictor, verified byte for byte."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from berth.errors import UnavailableError, UntrustedArtifactError
 from berth.flavors import get_flavor
-from berth.registry.artifacts import ArtifactStore
-from berth.registry.references import Reference
-from berth.registry.service import Registry, VersionInfo
-from berth.registry.signature import Signature
-from berth.runtime.codecs import to_columns, to_records
-from berth.runtime.validation import validate
-from berth.types import Outputs, Predictor
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from berth.registry.artifacts import ArtifactStore
+    from berth.registry.service import VersionInfo
+    from berth.registry.signature import Signature
+    from berth.types import Outputs, Predictor
 
 
 @dataclass
 class LoadedModel:
-    """A version behind validation: ``predict`` accepts what users send and checks it against the
-    signature before the framework sees it."""
+    """A version's predictor. Only the inference path calls it, with validated batches."""
 
     version: VersionInfo
     predictor: Predictor
@@ -31,10 +29,6 @@ class LoadedModel:
     @property
     def signature(self) -> Signature:
         return self.version.signature
-
-    def predict(self, data: Any) -> Outputs:
-        """Validate ``data`` (records, columns, texts, DataFrame...) and predict on it."""
-        return self.predict_validated(validate(self.signature, to_columns(data, self.signature)))
 
     def predict_validated(self, batch: pd.DataFrame) -> Outputs:
         outputs = self.predictor.predict(batch)
@@ -46,22 +40,12 @@ class LoadedModel:
                 )
         return outputs
 
-    def predict_records(self, data: Any) -> list[dict[str, Any]]:
-        return to_records(self.predict(data), self.signature)
-
-
-def load_version(registry: Registry, ref: str | Reference) -> LoadedModel:
-    """Resolve, verify every artifact byte against its SHA-256, and load with the flavor."""
-    started = time.perf_counter()
-    info = registry.resolve(ref)
-    return load_resolved(registry.store, info, started=started)
-
 
 def load_resolved(
     store: ArtifactStore, info: VersionInfo, *, started: float | None = None
 ) -> LoadedModel:
     """Load a version already resolved, from the artifact store alone: what a worker process
-    without the metadata database (a Ray worker) does."""
+    without the metadata database (a Ray worker) does too."""
     started = time.perf_counter() if started is None else started
     flavor = get_flavor(info.flavor)
     if flavor.requires_trust(info.flavor_options) and not info.trusted:

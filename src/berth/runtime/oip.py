@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from berth.errors import InvalidInputError, SchemaError
+from berth.runtime.envelope import RequestContext, first_unit_id
+from berth.runtime.outputs import FROM_OIP, TO_OIP, to_tensor
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -26,25 +28,39 @@ if TYPE_CHECKING:
     from berth.runtime.codecs import Columns
     from berth.types import Outputs
 
-TO_OIP = {
-    "bool": "BOOL", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "float32": "FP32", "float64": "FP64", "string": "BYTES",
-}  # fmt: skip
-FROM_OIP = {v: k for k, v in TO_OIP.items()} | {"FP16": "float16"}
 HEADER_LENGTH = "inference-header-content-length"
 
 
 @dataclass
-class OipRequest:
-    frame: Columns
+class OipEnvelope:
+    """An OIP request body parsed as far as it can be without a signature (phase one)."""
+
+    tensors: list[dict[str, Any]]
+    binary: memoryview
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
-    outputs: list[tuple[str, bool]] = field(default_factory=list)
-    """Requested outputs with whether each wants binary data; empty means every output."""
+    outputs: Any = None
+    """The ``outputs`` member as sent; checked against the signature in phase two."""
+
+    def context(self, unit_header: str | None) -> RequestContext:
+        """The envelope for routing: a unit id from ``parameters.unit_id``, else the header."""
+        return RequestContext(
+            unit_id=first_unit_id(self.parameters.get("unit_id"), unit_header),
+            request_id=self.id,
+            parameters=self.parameters,
+        )
 
 
-def decode(body: bytes, header_length: int | None, signature: Signature) -> OipRequest:
+@dataclass
+class OipInputs:
+    """Phase two: the tensors decoded against the target version's signature."""
+
+    columns: Columns
+    outputs: list[tuple[str, bool]]
+    """Requested outputs with whether each wants binary data."""
+
+
+def decode_envelope(body: bytes, header_length: int | None) -> OipEnvelope:
     head = body if header_length is None else body[:header_length]
     try:
         doc = orjson.loads(head)
@@ -55,12 +71,24 @@ def decode(body: bytes, header_length: int | None, signature: Signature) -> OipR
     tensors = doc.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise InvalidInputError("'inputs' must be a non-empty list of tensors")
-    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
-    offset = 0
-    arrays: dict[str, npt.NDArray[Any]] = {}
     for i, tensor in enumerate(tensors):
         if not isinstance(tensor, dict):
             raise InvalidInputError(f"input {i} must be an object")
+    parameters = doc.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError("'parameters' must be an object")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInputError("'id' must be a string")
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    return OipEnvelope(tensors, binary, request_id, parameters, doc.get("outputs"))
+
+
+def decode_inputs(envelope: OipEnvelope, signature: Signature) -> OipInputs:
+    binary = envelope.binary
+    offset = 0
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for i, tensor in enumerate(envelope.tensors):
         name, array, used = _tensor(tensor, i, binary[offset:])
         offset += used
         if name in arrays:
@@ -70,17 +98,8 @@ def decode(body: bytes, header_length: int | None, signature: Signature) -> OipR
         raise InvalidInputError(
             f"binary data is {len(binary)} bytes but the inputs declare {offset}"
         )
-    parameters = doc.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidInputError("'parameters' must be an object")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInputError("'id' must be a string")
-    return OipRequest(
-        frame=_frame(arrays, signature),
-        id=request_id,
-        parameters=parameters,
-        outputs=_requested(doc.get("outputs"), parameters, signature),
+    return OipInputs(
+        _frame(arrays, signature), _requested(envelope.outputs, envelope.parameters, signature)
     )
 
 
@@ -254,7 +273,7 @@ def encode(
             raise InvalidInputError(
                 f"unknown output {name!r}; outputs: {', '.join(sorted(declared))}"
             )
-        tensor, blob = _out_tensor(name, outputs[name], binary)
+        tensor, blob = to_tensor(name, outputs[name], binary)
         tensors.append(tensor)
         if blob is not None:
             blobs.append(blob)
@@ -269,30 +288,6 @@ def encode(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
-
-
-def _out_tensor(
-    name: str, values: npt.NDArray[Any], binary: bool
-) -> tuple[dict[str, Any], bytes | None]:
-    import numpy as np
-
-    if values.dtype.kind in "OUS":
-        datatype = "BYTES"
-        flat = [str(v) for v in values.reshape(-1).tolist()]
-    else:
-        datatype = TO_OIP.get(values.dtype.name, "FP64")
-        flat = None
-    tensor: dict[str, Any] = {"name": name, "shape": list(values.shape), "datatype": datatype}
-    if not binary:
-        tensor["data"] = flat if flat is not None else values.reshape(-1)
-        return tensor, None
-    if flat is not None:
-        blob = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in flat))
-    else:
-        dtype = np.dtype(FROM_OIP[datatype]).newbyteorder("<")
-        blob = np.ascontiguousarray(values, dtype=dtype).tobytes()
-    tensor["parameters"] = {"binary_data_size": len(blob)}
-    return tensor, blob
 
 
 def metadata(name: str, versions: list[str], signature: Signature, platform: str) -> dict[str, Any]:

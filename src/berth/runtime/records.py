@@ -1,342 +1,228 @@
-"""Prediction records: every prediction, from every mode, written off the request path.
+"""Prediction records: one declared schema, one producer, a policy hook, two writers.
 
-Storage is Parquet partitioned by model and day (``records/model=NAME/date=YYYY-MM-DD/*.parquet``),
-with the validated inputs and the outputs as typed columns (``in.age``, ``out.label``...). Why
-Parquet and not the metadata database: monitoring and A/B analysis read a few columns over millions
-of rows within a time window, which columnar files with partition pruning do in milliseconds,
-while every worker of every mode appends without contending for a database lock.
+Every mode (realtime, batch, stream, edge forwarding, library calls that ask for it) records its
+predictions through the one :class:`RecordProducer`, which the inference path calls after a
+prediction; no adapter builds a record. A record is one row per prediction:
 
-The writer never blocks a prediction: ``record`` puts a batch on a bounded queue and counts it as
-dropped when the queue is full. A thread drains the queue, groups batches per model version and
-writes one file per group every ``flush_interval_s``.
+========================  =======================================================================
+column                    meaning
+========================  =======================================================================
+``prediction_id``         unique; what feedback and explanations refer to
+``time``                  when the prediction was made (UTC, microseconds)
+``model``, ``version``    the version that answered
+``mode``                  realtime, batch, stream, edge or library
+``unit_id``               the unit of assignment (A/B analysis), when the request gave one
+``request_id``            the caller's request id (OIP ``id``)
+``deployment``            the deployment addressed, once deployments exist
+``variant``               the experiment arm or canary side that served
+``source_id``             where the inputs came from: a stream message id
+``latency_ms``            time spent in the path for the request or chunk
+``in.<feature>``          the validated inputs, after the record policy
+``out.<output>``          the outputs; 2-D ones as fixed-size lists
+========================  =======================================================================
+
+A :class:`RecordPolicy` sits between the request and the writers: it sees each batch of records
+before anything is stored and may drop, mask or pseudonymise fields, or drop the batch. The
+identity policy is the default; privacy policies plug in here and so hold in every mode.
+
+Two writers share the file layout (``records/model=NAME/date=YYYY-MM-DD/*.parquet``): the
+asynchronous bounded writer (server, stream: never blocks a prediction, counts what it drops) and
+the keyed writer (batch chunks, stream redeliveries: a file named by its key, so writing the same
+key again replaces its records instead of adding to them).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import queue
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from berth.errors import InvalidInputError
-
-log = logging.getLogger("berth.records")
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
     from berth.runtime.codecs import Columns
+    from berth.runtime.record_writers import KeyedRecordWriter, QueuedRecordWriter
+    from berth.runtime.routing import Target
     from berth.types import Outputs
 
-_STOP = object()
+MODES = ("realtime", "batch", "stream", "edge", "library")
+
+
+def record_schema() -> pa.Schema:
+    """The declared fixed columns, in order; ``in.*`` and ``out.*`` follow per version."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("prediction_id", pa.string()),
+            ("time", pa.timestamp("us", tz="UTC")),
+            ("model", pa.string()),
+            ("version", pa.int32()),
+            ("mode", pa.string()),
+            ("unit_id", pa.string()),
+            ("request_id", pa.string()),
+            ("deployment", pa.string()),
+            ("variant", pa.string()),
+            ("source_id", pa.string()),
+            ("latency_ms", pa.float32()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
-class RecorderLimits:
-    """Tuning of the record writer."""
-
-    max_queue: int = 10_000
-    """Batches waiting to be written; beyond this they are dropped (and counted)."""
-    flush_interval_s: float = 2.0
-    """How often queued records are written out."""
-
-
-@dataclass
 class RecordBatch:
-    """The rows of one request (or one chunk of a batch job) as the inference path saw them."""
+    """The records of one request (or one chunk of a batch job), as the path saw them. Built by
+    :class:`RecordProducer` only."""
 
     model: str
     version: int
     mode: str
-    prediction_ids: Sequence[str]
+    prediction_ids: Sequence[str] | pa.Array
     """A list, or for big batches a pyarrow string array (made without a Python string per
     row)."""
-    inputs: pd.DataFrame | Columns
-    """The validated inputs: a frame, or (cheaper to write) its column arrays."""
+    inputs: Columns
+    """The validated inputs as column arrays (numpy, or Arrow for a batch job's text)."""
     outputs: Outputs
     latency_ms: float
     unit_id: str | None = None
+    request_id: str | None = None
+    deployment: str | None = None
+    variant: str | None = None
+    source_id: str | None = None
     at: float = field(default_factory=time.time)
 
+    @property
+    def rows(self) -> int:
+        return len(self.prediction_ids)
 
-class RecordWriter:
+    def with_inputs(self, inputs: Columns) -> RecordBatch:
+        """A copy with other inputs: what a policy returns after masking or dropping fields."""
+        return replace(self, inputs=inputs)
+
+
+class RecordPolicy(Protocol):
+    """Applied to every batch of records before it is stored, in every mode. Returns the
+    batch to store (the same, or changed with :meth:`RecordBatch.with_inputs`), or None to
+    store nothing. Runs on the request path: keep it cheap and column-wise."""
+
+    def apply(self, batch: RecordBatch) -> RecordBatch | None: ...
+
+
+class KeepAll:
+    """The identity policy: records keep the validated inputs as they are."""
+
+    def apply(self, batch: RecordBatch) -> RecordBatch | None:
+        return batch
+
+
+class RecordProducer:
+    """Builds each record batch once, applies the policy, and hands it to a writer."""
+
     def __init__(
         self,
         root: Path,
-        limits: RecorderLimits | None = None,
-        on_drop: Callable[[int], None] | None = None,
+        *,
+        queued: QueuedRecordWriter | None = None,
+        keyed: KeyedRecordWriter | None = None,
+        policy: RecordPolicy | None = None,
     ) -> None:
+        from berth.runtime.record_writers import KeyedRecordWriter, QueuedRecordWriter
+
         self.root = root
-        self.limits = limits or RecorderLimits()
-        self._queue: queue.Queue[Any] = queue.Queue(self.limits.max_queue)
-        self._on_drop = on_drop
-        self.dropped = 0
-        self.written = 0
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self.queued = queued or QueuedRecordWriter(root)
+        self.keyed = keyed or KeyedRecordWriter(root)
+        self.policy: RecordPolicy = policy or KeepAll()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="berth-records", daemon=True)
-            self._thread.start()
+        self.queued.start()
 
-    def record(self, batch: RecordBatch) -> bool:
-        """Queue a batch; False (and counted) when the queue is full. Never blocks."""
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
-            rows = len(batch.prediction_ids)
-            with self._lock:
-                self.dropped += rows
-            if self._on_drop is not None:
-                self._on_drop(rows)
-            return False
-        return True
+    def close(self) -> None:
+        self.queued.close()
+        self.keyed.close()
 
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
+    def produce(
+        self,
+        target: Target,
+        *,
+        mode: str,
+        prediction_ids: Sequence[str] | pa.Array,
+        inputs: Columns,
+        outputs: Outputs,
+        latency_ms: float,
+        key: str | None = None,
+    ) -> Future[None] | None:
+        """Record one request's or chunk's predictions. Without ``key`` the batch is queued
+        (never blocking; dropped and counted when the queue is full) and None is returned. With
+        ``key`` it is written as the file ``key``, replacing an earlier one of the same key, in
+        the keyed writer's thread; the future completes once the file is in place."""
+        context = target.context
+        batch: RecordBatch | None = RecordBatch(
+            model=target.model,
+            version=target.version,
+            mode=mode,
+            prediction_ids=prediction_ids,
+            inputs=inputs,
+            outputs=outputs,
+            latency_ms=latency_ms,
+            unit_id=context.unit_id,
+            request_id=context.request_id,
+            deployment=target.deployment,
+            variant=target.variant,
+            source_id=context.source_id,
+        )
+        assert batch is not None
+        batch = self.policy.apply(batch)
+        if key is not None:
+            return self.keyed.submit(batch, key, target.model)
+        if batch is not None:
+            self.queued.record(batch)
+        return None
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write everything queued, then stop the thread."""
-        thread, self._thread = self._thread, None
-        if thread is None or not thread.is_alive():
-            self.flush_now()
-            return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.error("the record writer is stuck; %d batches were not written", self.depth)
-            return
-        thread.join(timeout)
-
-    def flush_now(self) -> None:
-        """Write what is queued from the calling thread (tests, batch jobs, shutdown)."""
-        pending = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                item = self._queue.get_nowait()
-                if item is not _STOP:
-                    pending.append(item)
-        self._write_safely(pending)
-
-    def _run(self) -> None:
-        pending: list[RecordBatch] = []
-        deadline = time.monotonic() + self.limits.flush_interval_s
-        while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._write_safely(pending)
-                return
-            if item is not None:
-                pending.append(item)
-            if time.monotonic() >= deadline:
-                self._write_safely(pending)
-                pending = []
-                deadline = time.monotonic() + self.limits.flush_interval_s
-
-    def _write_safely(self, batches: list[RecordBatch]) -> None:
-        """A failed write (disk full, permissions) loses those records, counted as dropped, and
-        never the writer thread: predictions go on and later writes may succeed."""
-        try:
-            self._write(batches)
-        except Exception:
-            rows = sum(len(b.prediction_ids) for b in batches)
-            log.exception("writing %d prediction records failed", rows)
-            with self._lock:
-                self.dropped += rows
-            if self._on_drop is not None:
-                self._on_drop(rows)
-
-    def _write(self, batches: list[RecordBatch]) -> None:
-        if not batches:
-            return
-        groups: dict[tuple[str, int, str], list[RecordBatch]] = {}
-        for b in batches:
-            day = datetime.fromtimestamp(b.at, UTC).strftime("%Y-%m-%d")
-            groups.setdefault((b.model, b.version, day), []).append(b)
-        for (model, _version, day), group in groups.items():
-            table = _table(group)
-            folder = self.root / f"model={model}" / f"date={day}"
-            _write_parquet(table, folder)
-            with self._lock:
-                self.written += table.num_rows
+    def discard(self, model: str, key_prefix: str) -> int:
+        """Remove the keyed files of ``model`` whose key starts with ``key_prefix`` (a batch job
+        given up): how many were removed."""
+        return self.keyed.remove(model, key_prefix)
 
 
-def write_records(root: Path, batch: RecordBatch, name: str) -> None:
-    """Write one batch's records now, as ``name``: batch jobs name a chunk's file after the job
-    and the chunk, so that a chunk done again replaces its records instead of adding to them."""
-    day = datetime.fromtimestamp(batch.at, UTC).strftime("%Y-%m-%d")
-    for stale in root.glob(f"model={batch.model}/date=*/{name}.parquet"):
-        stale.unlink(missing_ok=True)  # the chunk's earlier attempt, on another day
-    _write_parquet(_table([batch]), root / f"model={batch.model}" / f"date={day}", name)
-
-
-def remove_records(root: Path, model: str, prefix: str) -> int:
-    """Remove record files whose name starts with ``prefix``; how many were removed."""
-    found = list(root.glob(f"model={model}/date=*/{prefix}*.parquet"))
-    for path in found:
-        path.unlink(missing_ok=True)
-    return len(found)
-
-
-def _table(group: list[RecordBatch]) -> pa.Table:
+def to_table(group: list[RecordBatch]) -> pa.Table:
+    """One Arrow table of the declared schema from batches of one model version's records."""
     import numpy as np
     import pyarrow as pa
+
+    from berth.runtime.arrow import to_arrow
+    from berth.runtime.outputs import to_record_columns
 
     ids: Any = (
         group[0].prediction_ids if len(group) == 1 else [i for b in group for i in b.prediction_ids]
     )
-    counts = [len(b.prediction_ids) for b in group]
+    counts = [b.rows for b in group]
 
     def repeat(values: list[Any], kind: pa.DataType) -> pa.Array:
         if len(values) == 1:  # one batch (a batch job's chunk): no Python object per row
             return pa.repeat(pa.scalar(values[0], type=kind), counts[0])
         return pa.array(np.repeat(np.asarray(values, dtype=object), counts), type=kind)
 
+    schema = record_schema()
     columns: dict[str, Any] = {
         "prediction_id": ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string()),
         "time": pa.array(
             np.repeat(np.array([b.at for b in group]) * 1e6, counts).astype("int64"),
-            type=pa.timestamp("us", tz="UTC"),
+            type=schema.field("time").type,
         ),
-        "model": repeat([b.model for b in group], pa.string()),
-        "version": repeat([b.version for b in group], pa.int32()),
-        "mode": repeat([b.mode for b in group], pa.string()),
-        "unit_id": repeat([b.unit_id for b in group], pa.string()),
-        "latency_ms": repeat([b.latency_ms for b in group], pa.float32()),
     }
+    for name in schema.names[2:]:
+        columns[name] = repeat([getattr(b, name) for b in group], schema.field(name).type)
 
     # Plain numpy per column: concatenating hundreds of one-row DataFrames would hold the GIL
     # for a noticeable pause of every request in flight.
     def joined(arrays: list[Any]) -> Any:
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
-    for name in _input_columns(group[0].inputs):
-        values = joined([_input_columns(b.inputs)[name] for b in group])
-        columns[f"in.{name}"] = _arrow(values)
-    for name in group[0].outputs:
-        values = joined([b.outputs[name] for b in group])
-        if values.ndim == 2:
-            flat = pa.array(values.reshape(-1))
-            columns[f"out.{name}"] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-        else:
-            columns[f"out.{name}"] = _arrow(values)
+    for name in group[0].inputs:
+        columns[f"in.{name}"] = to_arrow(joined([b.inputs[name] for b in group]))
+    outputs = {name: joined([b.outputs[name] for b in group]) for name in group[0].outputs}
+    columns.update(to_record_columns(outputs))
     return pa.table(columns)
-
-
-def _input_columns(inputs: pd.DataFrame | Columns) -> Columns:
-    if isinstance(inputs, dict):
-        return inputs
-    return {str(c): inputs[c].to_numpy() for c in inputs.columns}
-
-
-def _arrow(values: Any) -> pa.Array:
-    import pyarrow as pa
-
-    if isinstance(values, pa.Array | pa.ChunkedArray):
-        return values  # a batch job hands over its Arrow input columns as they are
-    if values.dtype == object:
-        try:  # straight from the object array: five times faster than through a list
-            return pa.array(values, from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # numpy scalars mixed with Python ones
-            return pa.array(values.tolist(), from_pandas=True)
-    return pa.array(values)
-
-
-def _write_parquet(table: pa.Table, folder: Path, name: str | None = None) -> None:
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{name or f'{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'}.parquet"
-    tmp = folder / f".{name}.tmp"
-    # Statistics only where readers filter (time windows, versions): computing them for every
-    # input column cost a sixth of a batch job's record writing.
-    stats = [c for c in ("time", "version") if c in table.column_names]
-    pq.write_table(table, tmp, compression="zstd", write_statistics=stats)
-    tmp.rename(folder / name)  # readers never see half a file
-
-
-def read_records(
-    root: Path,
-    model: str,
-    *,
-    version: int | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    columns: list[str] | None = None,
-) -> pa.Table:
-    """Records of one model (optionally one version) in a time window, oldest first."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    folder = root / f"model={model}"
-    if not folder.is_dir():
-        return pa.table({})
-    options: dict[str, Any] = {
-        "format": "parquet",
-        "partitioning": ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
-        "ignore_prefixes": [".", "_"],
-    }
-    files = ds.dataset(folder, **options)
-    # Versions differ in features and outputs: read with the union of every file's columns.
-    schemas = [fragment.physical_schema for fragment in files.get_fragments()]
-    if not schemas:
-        return pa.table({})
-    schema = pa.unify_schemas(
-        [*schemas, pa.schema([("date", pa.string())])], promote_options="permissive"
-    )
-    dataset = ds.dataset(folder, schema=schema, **options)
-    condition = None
-    for clause in _filters(version, since, until):
-        condition = clause if condition is None else condition & clause
-    table = dataset.to_table(filter=condition, columns=columns)
-    if "date" in table.column_names and (columns is None or "date" not in columns):
-        table = table.drop_columns(["date"])
-    return table.sort_by("time") if "time" in table.column_names else table
-
-
-def _filters(version: int | None, since: datetime | None, until: datetime | None) -> Iterator[Any]:
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    if version is not None:
-        yield ds.field("version") == version
-    if since is not None:
-        yield ds.field("date") >= since.astimezone(UTC).strftime("%Y-%m-%d")
-        yield ds.field("time") >= pc.scalar(since.astimezone(UTC))
-    if until is not None:
-        yield ds.field("date") <= until.astimezone(UTC).strftime("%Y-%m-%d")
-        yield ds.field("time") < pc.scalar(until.astimezone(UTC))
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``30m``, ``1h``, ``2d`` ago, or an ISO-8601 time."""
-    now = now or datetime.now(UTC)
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    amount = text[:-1].replace(".", "", 1)
-    if text[-1:] in units and amount.isascii() and amount.isdigit():
-        try:
-            return now - timedelta(**{units[text[-1]]: float(text[:-1])})
-        except OverflowError:
-            raise InvalidInputError(f"time {text!r} reaches past the calendar") from None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInputError(
-            f"cannot read time {text!r}: use 30m, 1h, 2d or an ISO time like 2026-11-26T10:00"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

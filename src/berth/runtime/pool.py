@@ -1,0 +1,264 @@
+"""Loaded versions: each with its own inference thread and micro-batcher, and alias moves
+followed without a restart.
+
+The pool keeps the resolver's alias table current. A poller follows alias moves: when
+``production`` moves from v1 to v2, v2 is loaded in the background, the route switches atomically
+once it is ready, and v1 is unloaded after its queued requests finish. Requests that resolved to
+v1 before the switch still complete on v1, so a switch fails no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from berth.config import BatchingConfig, ModelServing, PathOptions
+from berth.errors import BerthError, InvalidInputError, NotFoundError, UnavailableError
+from berth.flavors import get_flavor
+from berth.registry.references import Reference
+from berth.runtime.batching import MicroBatcher
+from berth.runtime.loading import LoadedModel, load_resolved
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from berth.registry.service import Registry, VersionInfo
+    from berth.runtime.metrics import Metrics
+    from berth.runtime.routing import Resolver
+    from berth.types import Outputs
+
+log = logging.getLogger("berth.path")
+
+
+@dataclass
+class ServedModel:
+    """A loaded version with its own single inference thread and (optional) micro-batcher."""
+
+    info: VersionInfo
+    loaded: LoadedModel
+    serving: ModelServing
+    batching: BatchingConfig
+    executor: ThreadPoolExecutor
+    batcher: MicroBatcher | None = None
+    inflight: int = 0
+
+    async def predict(self, frame: pd.DataFrame) -> Outputs:
+        if self.batcher is not None:
+            return await self.batcher.submit(frame)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.loaded.predict_validated, frame)
+
+    async def close(self) -> None:
+        while self.inflight:
+            await asyncio.sleep(0.01)
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.executor.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class LoadState:
+    """What a client sees of a version: ready, loading, or failed with the reason."""
+
+    state: str
+    reason: str | None = None
+    task: asyncio.Task[ServedModel] | None = field(default=None, repr=False, compare=False)
+
+
+class ModelPool:
+    def __init__(
+        self,
+        registry: Registry,
+        resolver: Resolver,
+        options: PathOptions,
+        *,
+        metrics: Metrics | None = None,
+        configure_threads: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.resolver = resolver
+        self.options = options
+        self.metrics = metrics
+        self.configure_threads = configure_threads
+        self.served: dict[tuple[str, int], ServedModel] = {}
+        self.states: dict[tuple[str, int], LoadState] = {}
+        self._direct: dict[str, LoadedModel] = {}
+        self._direct_lock = threading.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, *, warm: bool = True) -> None:
+        """Learn every alias; load their versions (``warm``); then follow alias moves."""
+        self._closing = False
+        table = await asyncio.to_thread(self.resolver.read_aliases)
+        self.resolver.set_aliases(table)
+        if warm:
+            await asyncio.gather(
+                *(self.ensure(name, v) for (name, _), v in self.resolver.routes().items()),
+                return_exceptions=True,
+            )
+        if self.options.poll_interval_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def close(self) -> None:
+        """Unload everything. The pool may be started again (an ASGI host may run an app's
+        lifespan twice): nothing closed is kept."""
+        self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        served = list(self.served.values())
+        self.served.clear()
+        self.states.clear()
+        self.resolver.forget()
+        with self._direct_lock:
+            self._direct.clear()
+        await asyncio.gather(*(s.close() for s in served), return_exceptions=True)
+
+    @property
+    def ready(self) -> bool:
+        """Every aliased version has finished loading (successfully or not)."""
+        wanted = {(name, v) for (name, _), v in self.resolver.routes().items()}
+        return all(key in self.states and self.states[key].state != "loading" for key in wanted)
+
+    def status(self, name: str, version: int) -> LoadState | None:
+        return self.states.get((name, version))
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def ensure(self, name: str, version: int) -> ServedModel:
+        """The served version, loading it first (once, whoever asks meanwhile)."""
+        key = (name, version)
+        served = self.served.get(key)
+        if served is not None:
+            return served
+        state = self.states.get(key)
+        if state is not None and state.state == "failed":
+            raise UnavailableError(f"{name}/{version} is not ready: {state.reason}")
+        if state is None or state.task is None:
+            task = asyncio.get_running_loop().create_task(self._load(name, version))
+            state = LoadState("loading", task=task)
+            self.states[key] = state
+        assert state.task is not None
+        return await asyncio.shield(state.task)
+
+    def loaded_now(self, info: VersionInfo) -> LoadedModel:
+        """For the synchronous face: the version loaded in the calling thread (once per pool),
+        or the served copy when the server already has it."""
+        served = self.served.get((info.model, info.version))
+        if served is not None:
+            return served.loaded
+        with self._direct_lock:
+            loaded = self._direct.get(info.digest)
+            if loaded is None:
+                loaded = load_resolved(self.registry.store, info)
+                self._direct[info.digest] = loaded
+            return loaded
+
+    async def _load(self, name: str, version: int) -> ServedModel:
+        key = (name, version)
+        try:
+            loaded = await asyncio.to_thread(self._load_blocking, name, version)
+        except (NotFoundError, InvalidInputError):
+            self.states.pop(key, None)  # the request's mistake, not the version's: keep no state
+            raise
+        except BerthError as exc:
+            self.states[key] = LoadState("failed", str(exc))
+            log.error("loading %s/%s failed: %s", name, version, exc)
+            raise UnavailableError(f"{name}/{version} is not ready: {exc}") from exc
+        except Exception as exc:  # a framework failing to load its own file
+            self.states[key] = LoadState("failed", f"{type(exc).__name__}: {exc}")
+            log.exception("loading %s/%s failed", name, version)
+            raise UnavailableError(f"{name}/{version} is not ready: {exc}") from exc
+        # A loaded model is hundreds of thousands of long-lived objects; left in the collected
+        # generations, each full collection walked them all (a 260-350 ms pause in p99).
+        gc.freeze()
+        served = self._serve(loaded)
+        self.served[key] = served
+        self.states[key] = LoadState("ready")
+        if self.metrics is not None:
+            self.metrics.load_seconds.labels(name, str(version)).set(loaded.load_seconds)
+        log.info("loaded %s/%s in %.2fs", name, version, loaded.load_seconds)
+        return served
+
+    def _load_blocking(self, name: str, version: int) -> LoadedModel:
+        info = self.registry.resolve(Reference(name, version=version))
+        return load_resolved(self.registry.store, info)
+
+    def _serve(self, loaded: LoadedModel) -> ServedModel:
+        info = loaded.version
+        flavor = get_flavor(info.flavor)
+        serving = self.options.serving(info.model)
+        batching = serving.batching(flavor.batching)
+        limits = self.options.threads
+        # The version's one inference thread; thread pool sizes (OpenMP's among them) are set
+        # per thread, so they are set in this thread, once, before its first prediction.
+        executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix=f"predict-{info.model}-{info.version}",
+            initializer=(lambda: flavor.configure_thread(limits))
+            if self.configure_threads
+            else None,
+        )
+        served = ServedModel(info, loaded, serving, batching, executor)
+        if batching.enabled:
+            on_batch = None
+            if self.metrics is not None:
+                histogram = self.metrics.batch_size.labels(info.model, str(info.version))
+                on_batch = histogram.observe
+            served.batcher = MicroBatcher(loaded.predict_validated, batching, executor, on_batch)
+        return served
+
+    # -- following alias moves -----------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.options.poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # the poller must outlive a database hiccup
+                log.exception("refreshing aliases failed")
+
+    async def refresh(self) -> None:
+        """Apply alias moves: load the new target first, then switch, then unload the old."""
+        table = await asyncio.to_thread(self.resolver.read_aliases)
+        before = self.resolver.routes()
+        current = {(n, a): v for n, aliases in table.items() for a, v in aliases.items()}
+        left: set[tuple[str, int]] = set()
+        kept = dict(table)
+        for (name, alias), version in current.items():
+            old = before.get((name, alias))
+            if old == version:
+                continue
+            try:
+                await self.ensure(name, version)
+            except BerthError as exc:
+                log.error("alias %s@%s -> %s not switched: %s", name, alias, version, exc)
+                if old is not None:
+                    kept[name] = {**kept[name], alias: old}
+                continue
+            log.info("alias %s@%s switched %s -> %s", name, alias, old, version)
+            if old is not None:
+                left.add((name, old))
+        for key, version in before.items():
+            if key not in current:
+                left.add((key[0], version))
+        self.resolver.set_aliases(kept)  # the switch: one assignment, atomic for requests
+        await self._unload(left)
+
+    async def _unload(self, candidates: set[tuple[str, int]]) -> None:
+        """Unload versions an alias just moved away from, unless another alias still points at
+        them. Versions asked for by number stay loaded."""
+        routed = {(name, v) for (name, _), v in self.resolver.routes().items()}
+        for key in [k for k in candidates - routed if k in self.served]:
+            served = self.served.pop(key)
+            self.states.pop(key, None)
+            await served.close()
+            log.info("unloaded %s/%s", *key)

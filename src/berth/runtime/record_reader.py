@@ -1,0 +1,185 @@
+"""The one reader of prediction records (``berth logs``, monitoring), and their compaction.
+
+Records are scanned with ``pyarrow.dataset``: partition pruning on the day, statistics on time
+and version, only the columns asked for. Versions differ in features and outputs, so a scan reads
+with the union of every file's columns.
+
+Compaction merges the many small files that the queued writer leaves in a day (one every flush
+interval per worker) into one, so a day of traffic is not thousands of files. The merged file
+names the files it replaced in its metadata and is renamed into place before they are removed;
+a crash in between leaves both, and the next compaction removes the replaced ones first. A scan
+that runs exactly then may count those records twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from berth.errors import InvalidInputError
+from berth.runtime.record_writers import AUTO_PREFIX, auto_name, write_parquet
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger("berth.records")
+_REPLACED = b"berth.replaced"
+
+
+class RecordReader:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name.split("=", 1)[1] for p in self.root.glob("model=*") if p.is_dir())
+
+    def read(
+        self,
+        model: str,
+        *,
+        version: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Records of one model (optionally one version) in a time window, oldest first."""
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        folder = self.root / f"model={model}"
+        if not folder.is_dir():
+            return pa.table({})
+        options: dict[str, Any] = {
+            "format": "parquet",
+            "partitioning": ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
+            "ignore_prefixes": [".", "_"],
+        }
+        files = ds.dataset(folder, **options)
+        schemas = [fragment.physical_schema for fragment in files.get_fragments()]
+        if not schemas:
+            return pa.table({})
+        schema = pa.unify_schemas(
+            [*schemas, pa.schema([("date", pa.string())])], promote_options="permissive"
+        )
+        dataset = ds.dataset(folder, schema=schema, **options)
+        condition = None
+        for clause in _filters(version, since, until):
+            condition = clause if condition is None else condition & clause
+        table = dataset.to_table(filter=condition, columns=columns)
+        if "date" in table.column_names and (columns is None or "date" not in columns):
+            table = table.drop_columns(["date"])
+        return table.sort_by("time") if "time" in table.column_names else table
+
+    # -- compaction ------------------------------------------------------------------------------
+
+    def compact(
+        self, model: str | None = None, *, min_files: int = 2, older_than_s: float = 60.0
+    ) -> CompactionReport:
+        """Merge each day's queued-writer files of ``model`` (every model by default) that are
+        older than ``older_than_s`` (a file still being written is never touched; the writer
+        renames files into place whole anyway) into one file per version and column set."""
+        import time
+
+        report = CompactionReport()
+        cutoff = time.time() - older_than_s
+        for name in [model] if model else self.models():
+            for day in sorted((self.root / f"model={name}").glob("date=*")):
+                self._finish_interrupted(day)
+                files = [
+                    f
+                    for f in sorted(day.glob("*.parquet"))
+                    if _is_auto(f) and f.stat().st_mtime <= cutoff
+                ]
+                if len(files) < min_files:
+                    continue
+                merged = self._merge(day, files)
+                report.days += 1
+                report.files_before += len(files)
+                report.files_after += merged
+        return report
+
+    def _merge(self, day: Path, files: list[Path]) -> int:
+        import pyarrow.parquet as pq
+
+        groups: dict[tuple[Any, ...], list[Path]] = {}
+        for f in files:
+            schema = pq.read_schema(f)
+            key = tuple((field.name, str(field.type)) for field in schema)
+            groups.setdefault(key, []).append(f)
+        written = 0
+        for group in groups.values():
+            if len(group) < 2:
+                written += len(group)
+                continue
+            import pyarrow as pa
+
+            table = pa.concat_tables([pq.read_table(f) for f in group]).sort_by("time")
+            replaced = ",".join(f.name for f in group)
+            write_parquet(table, day, auto_name(), metadata={_REPLACED.decode(): replaced})
+            for f in group:
+                f.unlink(missing_ok=True)
+            written += 1
+        return written
+
+    def _finish_interrupted(self, day: Path) -> None:
+        """Remove files that a merged file already holds (a compaction killed mid-way)."""
+        import pyarrow.parquet as pq
+
+        for f in day.glob(f"{AUTO_PREFIX}*.parquet"):
+            meta = pq.read_schema(f).metadata or {}
+            for name in meta.get(_REPLACED, b"").decode().split(","):
+                if name:
+                    (day / name).unlink(missing_ok=True)
+
+
+@dataclass
+class CompactionReport:
+    days: int = 0
+    files_before: int = 0
+    files_after: int = 0
+
+
+def _is_auto(path: Path) -> bool:
+    # Files written before keyed names existed are named by a timestamp: queued-writer files too.
+    return path.name.startswith(AUTO_PREFIX) or path.name[:1].isdigit()
+
+
+def _filters(version: int | None, since: datetime | None, until: datetime | None) -> Iterator[Any]:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    if version is not None:
+        yield ds.field("version") == version
+    if since is not None:
+        yield ds.field("date") >= since.astimezone(UTC).strftime("%Y-%m-%d")
+        yield ds.field("time") >= pc.scalar(since.astimezone(UTC))
+    if until is not None:
+        yield ds.field("date") <= until.astimezone(UTC).strftime("%Y-%m-%d")
+        yield ds.field("time") < pc.scalar(until.astimezone(UTC))
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A duration ago (``30m``, ``1h``, ``2d``, ``1h30m``: pytimeparse's grammar), or an ISO-8601
+    time."""
+    from pytimeparse.timeparse import timeparse as parse_duration
+
+    now = now or datetime.now(UTC)
+    seconds = parse_duration(text.strip()) if text.strip()[:1].isdigit() else None
+    if seconds is not None:
+        try:
+            return now - timedelta(seconds=float(seconds))
+        except OverflowError:
+            raise InvalidInputError(f"time {text!r} reaches past the calendar") from None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"cannot read time {text!r}: use 30m, 1h, 2d or an ISO time like 2026-11-26T10:00"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
