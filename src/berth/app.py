@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from berth.batch.specs import JobSpec
     from berth.runtime.handle import ModelHandle
     from berth.runtime.path import InferencePath
+    from berth.runtime.records import RecordPolicy
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -42,8 +43,13 @@ class Berth:
     >>> [m.name for m in client.list_models()]  # doctest: +SKIP
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, record_policy: RecordPolicy | None = None
+    ) -> None:
+        """``record_policy`` applies to every prediction record this client's paths write
+        (served, batch, library): the seam where privacy policies plug in."""
         self.settings = settings or Settings()
+        self.record_policy = record_policy
         self.db = Database(self.settings.resolved_database_url())
         self.store = ArtifactStore(self.settings.resolved_artifact_root())
         self.registry = Registry(self.db, self.store)
@@ -114,7 +120,9 @@ class Berth:
             from berth.runtime.path import InferencePath
             from berth.runtime.records import RecordProducer
 
-            records = RecordProducer(self.settings.resolved_records_root())
+            records = RecordProducer(
+                self.settings.resolved_records_root(), policy=self.record_policy
+            )
             self._path = InferencePath(
                 self.registry,
                 PathOptions(poll_interval_s=0),
@@ -224,14 +232,18 @@ def build_path(client: Berth, options: PathOptions) -> InferencePath:
     metrics = Metrics()
     root = client.settings.resolved_records_root()
     queued = QueuedRecordWriter(root, on_drop=metrics.records_dropped.inc)
-    records = RecordProducer(root, queued=queued) if options.record else None
+    records = (
+        RecordProducer(root, queued=queued, policy=client.record_policy) if options.record else None
+    )
     return InferencePath(client.registry, options, records=records, metrics=metrics)
 
 
-def build_server(settings: Settings, options: ServeOptions) -> FastAPI:
+def build_server(
+    settings: Settings, options: ServeOptions, *, record_policy: RecordPolicy | None = None
+) -> FastAPI:
     from berth.server.app import create_app
 
-    client = Berth(settings)
+    client = Berth(settings, record_policy=record_policy)
     return create_app(build_path(client, options.path), options, on_shutdown=client.close)
 
 

@@ -47,9 +47,9 @@ def spec(input_: str | Path, output: str | Path, **options: Any) -> JobSpec:
     options.setdefault("passthrough", ("id",))
     options.setdefault("chunk_rows", 50)
     return JobSpec(
-        REF,
-        source(str(input_), query=query),
-        destination(str(output), table=table),
+        reference=REF,
+        input=source(str(input_), query=query),
+        output=destination(str(output), table=table),
         **options,
     )
 

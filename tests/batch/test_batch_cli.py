@@ -143,7 +143,13 @@ def test_resume_by_id_finishes_a_stopped_job(
     from berth.batch.specs import JobSpec, destination
     from berth.batch.specs import source as src
 
-    spec = JobSpec("churn", src(str(source)), destination(str(out)), ("id",), chunk_rows=30)
+    spec = JobSpec(
+        reference="churn",
+        input=src(str(source)),
+        output=destination(str(out)),
+        passthrough=("id",),
+        chunk_rows=30,
+    )
 
     with pytest.raises(Stop):
         churn.run_batch(spec, progress=StopAfter(1))
@@ -199,7 +205,11 @@ def test_serve_with_scheduler_runs_due_jobs(churn: Berth, home: Path, tmp_path: 
     from berth.batch.specs import JobSpec, destination
     from berth.batch.specs import source as src
 
-    spec = JobSpec("churn@production", src(str(source)), destination(str(tmp_path / "s.parquet")))
+    spec = JobSpec(
+        reference="churn@production",
+        input=src(str(source)),
+        output=destination(str(tmp_path / "s.parquet")),
+    )
     churn.jobs.create_schedule(
         "due",
         spec,

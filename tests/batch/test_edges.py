@@ -4,7 +4,6 @@ differ between chunks, text that only looks missing, and checks that must come b
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -61,7 +60,7 @@ def test_a_job_stopped_by_max_errors_stays_stopped_when_run_again(
     assert not (tmp_path / "o.csv").exists()
     assert len(pd.read_csv(tmp_path / "o.errors.csv")) == 3
     customers(300).to_csv(path, index=False)  # fixed: a restart needs no --overwrite
-    job = churn.run_batch(replace(job_spec, restart=True))
+    job = churn.run_batch(job_spec.replace(restart=True))
     assert (job.status, job.errors) == ("succeeded", 0)
     assert not (tmp_path / "o.errors.csv").exists()
 
@@ -101,7 +100,7 @@ def test_restart_gives_up_the_old_job_and_its_records(churn: Berth, tmp_path: Pa
     with pytest.raises(Stop):
         churn.run_batch(job_spec, progress=StopAfter(200))
     old = churn.jobs.recent()[0]
-    job = churn.run_batch(replace(job_spec, restart=True))
+    job = churn.run_batch(job_spec.replace(restart=True))
     records = RecordReader(churn.settings.resolved_records_root()).read("churn")
     assert sorted(records.column("prediction_id").to_pylist()) == sorted(
         f"{job.id}-{i}" for i in range(300)

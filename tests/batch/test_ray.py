@@ -3,7 +3,6 @@ what the local engine writes."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,11 @@ def test_ray_engine_output_is_the_local_engines(
     source = write_parquet(frame, tmp_path / "in.parquet")
     # A bare name: both engines resolve it as every entry point does (production: v1).
     local = churn.run_batch(
-        replace(spec(source, tmp_path / "local.parquet", chunk_rows=150), reference="churn")
+        spec(source, tmp_path / "local.parquet", chunk_rows=150).replace(reference="churn")
     )
     on_ray = churn.run_batch(
-        replace(
-            spec(source, tmp_path / "ray.parquet", chunk_rows=150, engine="ray"),
-            reference="churn",
+        spec(source, tmp_path / "ray.parquet", chunk_rows=150, engine="ray").replace(
+            reference="churn"
         )
     )
     assert not ray.is_initialized()  # the job started its local Ray and shut it down

@@ -338,7 +338,11 @@ def test_an_unknown_model_is_not_found(churn: Berth, tmp_path: Path) -> None:
     from berth.batch.specs import JobSpec, destination, source
 
     path = write_parquet(customers(5), tmp_path / "in.parquet")
-    job = JobSpec("nobody", source(str(path)), destination(str(tmp_path / "o.parquet")))
+    job = JobSpec(
+        reference="nobody",
+        input=source(str(path)),
+        output=destination(str(tmp_path / "o.parquet")),
+    )
     with pytest.raises(NotFoundError, match="model 'nobody' not found"):
         churn.run_batch(job)
 
@@ -429,9 +433,7 @@ def test_an_input_changed_between_attempts_is_not_mixed_in(churn: Berth, tmp_pat
     with pytest.raises(ConflictError, match=r"changed since job .* started.*--restart"):
         churn.run_batch(job_spec)
 
-    from dataclasses import replace
-
-    job = churn.run_batch(replace(job_spec, restart=True))
+    job = churn.run_batch(job_spec.replace(restart=True))
     assert job.id != stopped.id
     assert (job.rows, job.attempts) == (150, 1)
     assert churn.jobs.get(stopped.id).status == "abandoned"

@@ -22,12 +22,11 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from berth.batch.jobs import JobInfo, JobStore, ScheduleInfo
-from berth.batch.specs import JobSpec, Location
+from berth.batch.specs import JobSpec
 from berth.errors import InvalidInputError
 from berth.registry.tables import utcnow
 
@@ -78,13 +77,13 @@ def render(spec: JobSpec, scheduled_for: datetime, timezone: str) -> JobSpec:
             ) from None
 
     output = spec.output
-    filled = Location(
-        fill(output.target) or output.target, output.format, output.query, fill(output.table)
+    filled = output.model_copy(
+        update={"target": fill(output.target) or output.target, "table": fill(output.table)}
     )
     errors = fill(spec.errors_path)
     # Each run is its own: an earlier run that failed or was interrupted is given up, not
     # resumed on what is by now other data.
-    return replace(spec, output=filled, errors_path=errors, restart=True)
+    return spec.replace(output=filled, errors_path=errors, restart=True)
 
 
 class Scheduler:

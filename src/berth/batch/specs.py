@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from berth.errors import InvalidInputError
 from berth.runtime.files import format_of
@@ -22,18 +22,21 @@ DEFAULT_CHUNK_ROWS = 100_000
 ENGINES = ("local", "ray")
 
 
-@dataclass(frozen=True)
-class Location:
-    """A file, a folder of Parquet parts, or a table or query in a database.
+class _Spec(BaseModel):
+    """Stored with a job as JSON and read back: an unknown key is a mistake, not a default."""
 
-    ``target`` is a path, or a database URL (SQLAlchemy, or ``duckdb:///file.duckdb``); ``query``
-    reads from a database, ``table`` writes to one.
-    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: str
-    format: str
-    query: str | None = None
-    table: str | None = None
+
+class Location(_Spec):
+    """A file, a folder of Parquet parts, or a table or query in a database."""
+
+    target: str = Field(
+        description="A path, or a database URL (SQLAlchemy, or duckdb:///file.duckdb)."
+    )
+    format: str = Field(description="parquet, parquet-folder, csv, jsonl, sql or duckdb.")
+    query: str | None = Field(default=None, description="What to read from a database.")
+    table: str | None = Field(default=None, description="Where to write in a database.")
 
     @property
     def is_database(self) -> bool:
@@ -59,7 +62,7 @@ def source(target: str, fmt: str | None = None, query: str | None = None) -> Loc
         if not query:
             raise InvalidInputError(f"input {_hide_password(target)} is a database: pass --query")
         query = query.strip().rstrip(";").rstrip()  # a query is wrapped: no statement end
-        return Location(target, _database_format(target), query=query)
+        return Location(target=target, format=_database_format(target), query=query)
     if query:
         raise InvalidInputError("--query reads from a database: give a database URL as --input")
     path = Path(target).expanduser()
@@ -68,8 +71,8 @@ def source(target: str, fmt: str | None = None, query: str | None = None) -> Loc
     if path.is_dir():
         if fmt not in (None, "parquet"):
             raise InvalidInputError(f"input {target!r} is a folder: only Parquet parts are read")
-        return Location(str(path.resolve()), "parquet")
-    return Location(str(path.resolve()), fmt or _file_format(path, "input"))
+        return Location(target=str(path.resolve()), format="parquet")
+    return Location(target=str(path.resolve()), format=fmt or _file_format(path, "input"))
 
 
 def destination(target: str, fmt: str | None = None, table: str | None = None) -> Location:
@@ -77,7 +80,7 @@ def destination(target: str, fmt: str | None = None, table: str | None = None) -
     if _is_url(target):
         if not table:
             raise InvalidInputError(f"output {_hide_password(target)} is a database: pass --table")
-        return Location(target, _database_format(target), table=table)
+        return Location(target=target, format=_database_format(target), table=table)
     if table:
         raise InvalidInputError("--table writes to a database: give a database URL as --output")
     path = Path(target).expanduser()
@@ -90,16 +93,17 @@ def destination(target: str, fmt: str | None = None, table: str | None = None) -
     templated = "{" in str(path.parent)  # a schedule's {date} folder: made when it runs
     if not templated and not path.resolve().parent.is_dir():
         raise InvalidInputError(f"output folder {str(path.parent)!r} does not exist")
-    return Location(str(path.resolve()), fmt)
+    return Location(target=str(path.resolve()), format=fmt)
 
 
-@dataclass(frozen=True)
-class ErrorLimit:
+class ErrorLimit(_Spec):
     """``--max-errors``: a count of bad rows (``100``) or a share of the rows read (``0.01``,
     ``1%``). Past it the job stops; below it bad rows go to the errors file."""
 
-    count: int | None = None
-    fraction: float | None = None
+    count: int | None = Field(default=None, ge=0, description="Bad rows allowed.")
+    fraction: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Share of the rows read allowed to be bad."
+    )
 
     @classmethod
     def parse(cls, text: str | None) -> ErrorLimit:
@@ -144,49 +148,67 @@ class ErrorLimit:
         return "no limit"
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    reference: str
+class JobSpec(_Spec):
+    """What a batch job is asked to do (``berth batch run``'s options)."""
+
+    reference: str = Field(description="NAME, NAME/VERSION, NAME@ALIAS or NAME@latest.")
     input: Location
     output: Location
-    passthrough: tuple[str, ...] = ()
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    max_errors: ErrorLimit = field(default_factory=ErrorLimit)
-    errors_path: str | None = None
-    """Where bad rows go (CSV); by default beside the output, ``NAME.errors.csv``."""
-    overwrite: bool = False
-    restart: bool = False
-    """Give up an unfinished job doing the same work and start again from the first row."""
-    engine: str = "local"
-    ray_address: str | None = None
-    record: bool = True
+    passthrough: tuple[str, ...] = Field(
+        default=(), description="Input columns copied to the output beside the predictions."
+    )
+    chunk_rows: int = Field(
+        default=DEFAULT_CHUNK_ROWS, description="Rows read, validated and scored at a time."
+    )
+    max_errors: ErrorLimit = Field(default_factory=ErrorLimit)
+    errors_path: str | None = Field(
+        default=None,
+        description="Where bad rows go (CSV); by default beside the output, NAME.errors.csv.",
+    )
+    overwrite: bool = Field(default=False, description="Replace an existing output.")
+    restart: bool = Field(
+        default=False,
+        description="Give up an unfinished job doing the same work and start from the first row.",
+    )
+    engine: str = Field(default="local", description="Where predictions run: local or ray.")
+    ray_address: str | None = Field(default=None, description="A Ray cluster; none: local Ray.")
+    record: bool = Field(default=True, description="Write prediction records (mode batch).")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _coherent(self) -> JobSpec:
         if self.chunk_rows < 1:
             raise InvalidInputError(f"--chunk-rows must be at least 1, not {self.chunk_rows}")
         if self.engine not in ENGINES:
             raise InvalidInputError(f"unknown engine {self.engine!r}; use {', '.join(ENGINES)}")
         if len(set(self.passthrough)) != len(self.passthrough):
             raise InvalidInputError("--passthrough names a column twice")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        values = dict(data)
-        values["input"] = Location(**values["input"])
-        values["output"] = Location(**values["output"])
-        values["max_errors"] = ErrorLimit(**values["max_errors"])
-        values["passthrough"] = tuple(values["passthrough"])
-        return cls(**values)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInputError(f"a stored batch job spec is not valid: {exc}") from None
+
+    def replace(self, **changes: Any) -> JobSpec:
+        """A copy with ``changes``, checked again."""
+        return JobSpec.model_validate({**self.model_dump(), **changes})
 
     def redacted(self) -> JobSpec:
         """For showing: a password written into a database URL is masked."""
-        return replace(
-            self,
-            input=replace(self.input, target=_hide_password(self.input.target)),
-            output=replace(self.output, target=_hide_password(self.output.target)),
+        return self.model_copy(
+            update={
+                "input": self.input.model_copy(
+                    update={"target": _hide_password(self.input.target)}
+                ),
+                "output": self.output.model_copy(
+                    update={"target": _hide_password(self.output.target)}
+                ),
+            }
         )
 
     def fingerprint(self) -> str:
@@ -220,9 +242,10 @@ def _file_format(path: Path, what: str) -> str:
 
 
 def _hide_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy reads: nothing it would call a password
         return url
-    credentials, _, host = rest.partition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("berth.records")
 _REPLACED = b"berth.replaced"
+_MERGED = f"{AUTO_PREFIX}merged-"
 
 
 class RecordReader:
@@ -86,23 +87,42 @@ class RecordReader:
         renames files into place whole anyway) into one file per version and column set."""
         import time
 
+        from filelock import FileLock, Timeout
+
         report = CompactionReport()
         cutoff = time.time() - older_than_s
         for name in [model] if model else self.models():
-            for day in sorted((self.root / f"model={name}").glob("date=*")):
-                self._finish_interrupted(day)
-                files = [
-                    f
-                    for f in sorted(day.glob("*.parquet"))
-                    if _is_auto(f) and f.stat().st_mtime <= cutoff
-                ]
-                if len(files) < min_files:
-                    continue
-                merged = self._merge(day, files)
-                report.days += 1
-                report.files_before += len(files)
-                report.files_after += merged
+            folder = self.root / f"model={name}"
+            # One compaction per model at a time, across processes (every server worker compacts):
+            # two merging the same files would each write them once more.
+            lock = FileLock(folder / ".compact.lock", timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                report.busy.append(name)
+                continue
+            try:
+                self._compact_model(folder, cutoff, min_files, report)
+            finally:
+                lock.release()
         return report
+
+    def _compact_model(
+        self, folder: Path, cutoff: float, min_files: int, report: CompactionReport
+    ) -> None:
+        for day in sorted(folder.glob("date=*")):
+            self._finish_interrupted(day)
+            files = [
+                f
+                for f in sorted(day.glob("*.parquet"))
+                if _is_auto(f) and f.stat().st_mtime <= cutoff
+            ]
+            if len(files) < min_files:
+                continue
+            merged = self._merge(day, files)
+            report.days += 1
+            report.files_before += len(files)
+            report.files_after += merged
 
     def _merge(self, day: Path, files: list[Path]) -> int:
         import pyarrow.parquet as pq
@@ -121,7 +141,8 @@ class RecordReader:
 
             table = pa.concat_tables([pq.read_table(f) for f in group]).sort_by("time")
             replaced = ",".join(f.name for f in group)
-            write_parquet(table, day, auto_name(), metadata={_REPLACED.decode(): replaced})
+            name = auto_name().replace(AUTO_PREFIX, _MERGED, 1)
+            write_parquet(table, day, name, metadata={_REPLACED.decode(): replaced})
             for f in group:
                 f.unlink(missing_ok=True)
             written += 1
@@ -131,7 +152,9 @@ class RecordReader:
         """Remove files that a merged file already holds (a compaction killed mid-way)."""
         import pyarrow.parquet as pq
 
-        for f in day.glob(f"{AUTO_PREFIX}*.parquet"):
+        for f in sorted(day.glob(f"{_MERGED}*.parquet")):
+            if not f.exists():  # replaced by a later merge, removed just now
+                continue
             meta = pq.read_schema(f).metadata or {}
             for name in meta.get(_REPLACED, b"").decode().split(","):
                 if name:
@@ -141,8 +164,11 @@ class RecordReader:
 @dataclass
 class CompactionReport:
     days: int = 0
+    """Day partitions compacted."""
     files_before: int = 0
     files_after: int = 0
+    busy: list[str] = field(default_factory=list)
+    """Models skipped because another process was compacting them."""
 
 
 def _is_auto(path: Path) -> bool:

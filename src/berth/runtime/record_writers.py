@@ -43,6 +43,9 @@ class RecorderLimits:
     """Batches waiting to be written; beyond this they are dropped (and counted)."""
     flush_interval_s: float = 2.0
     """How often queued records are written out."""
+    compact_interval_s: float | None = 3600.0
+    """How often the writer's thread merges each day's small files into one (files older than
+    a flush interval; see ``RecordReader.compact``); None turns it off."""
 
 
 def day_of(at: float) -> str:
@@ -142,6 +145,7 @@ class QueuedRecordWriter:
     def _run(self) -> None:
         pending: list[RecordBatch] = []
         deadline = time.monotonic() + self.limits.flush_interval_s
+        compact_at = time.monotonic() + (self.limits.compact_interval_s or 0.0)
         while True:
             timeout = max(0.0, deadline - time.monotonic())
             try:
@@ -157,6 +161,17 @@ class QueuedRecordWriter:
                 self._write_safely(pending)
                 pending = []
                 deadline = time.monotonic() + self.limits.flush_interval_s
+                if self.limits.compact_interval_s and time.monotonic() >= compact_at:
+                    self._compact_safely()
+                    compact_at = time.monotonic() + self.limits.compact_interval_s
+
+    def _compact_safely(self) -> None:
+        from berth.runtime.record_reader import RecordReader
+
+        try:
+            RecordReader(self.root).compact(older_than_s=2 * self.limits.flush_interval_s)
+        except Exception:  # compaction is housekeeping: never the writer's end
+            log.exception("compacting prediction records failed")
 
     def _write_safely(self, batches: list[RecordBatch]) -> None:
         """A failed write (disk full, permissions) loses those records, counted as dropped, and

@@ -1,0 +1,209 @@
+"""One record producer for every mode: the policy hook holds in realtime, batch and library
+calls alike; keyed writes replace instead of adding; compaction merges a day's small files
+without losing, doubling or changing a record."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from tests.models import SumModel, numbers
+from typer.testing import CliRunner
+
+from berth.app import Berth, build_server
+from berth.batch.specs import JobSpec, destination, source
+from berth.cli.main import app as cli_app
+from berth.config import PathOptions, ServeOptions, Settings
+from berth.runtime.record_reader import RecordReader
+from berth.runtime.record_writers import QueuedRecordWriter, RecorderLimits
+from berth.runtime.records import RecordBatch
+from berth.testing import asgi_client
+
+
+class DropB:
+    """A policy that keeps no ``b`` and drops records of unit "secret" altogether."""
+
+    def apply(self, batch: RecordBatch) -> RecordBatch | None:
+        if batch.unit_id == "secret":
+            return None
+        return batch.with_inputs({k: v for k, v in batch.inputs.items() if k != "b"})
+
+
+def _model(home: Path) -> None:
+    with Berth(Settings(home=home, user="tester")) as c:
+        c.register(SumModel(), "s", training_data=numbers(), trusted=True)
+
+
+def test_the_record_policy_holds_in_every_mode(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _model(home)
+    settings = Settings(home=home, user="tester")
+    server = build_server(
+        settings,
+        ServeOptions(path=PathOptions(poll_interval_s=0), access_log=False),
+        record_policy=DropB(),
+    )
+
+    async def serve() -> None:
+        async with asgi_client(server) as http:
+            for unit in ("u1", "secret"):
+                r = await http.post(
+                    "/v1/predict/s", json={"records": [{"a": 1.0, "b": 2.0}], "unit_id": unit}
+                )
+                assert r.status_code == 200, r.text
+
+    asyncio.run(serve())
+    rows = tmp_path / "rows.parquet"
+    numbers(5).to_parquet(rows)
+    with Berth(settings, record_policy=DropB()) as client:
+        client.run_batch(
+            JobSpec(
+                reference="s",
+                input=source(str(rows)),
+                output=destination(str(tmp_path / "out.parquet")),
+            )
+        )
+        client.load("s", record=True).predict(numbers(2))
+        client.load("s").predict(numbers(3))  # library records are off by default
+    table = RecordReader(settings.resolved_records_root()).read("s")
+    modes = table.column("mode").to_pylist()
+    assert sorted(modes) == sorted(["realtime"] + ["batch"] * 5 + ["library"] * 2)
+    assert "in.a" in table.column_names
+    assert "in.b" not in table.column_names
+    assert "secret" not in table.column("unit_id").to_pylist()
+
+
+def test_a_keyed_write_replaces_its_earlier_file(tmp_path: Path, client: Berth) -> None:
+    client.register(SumModel(), "k", training_data=numbers(), trusted=True)
+    path = client.path
+    target = path.resolve_sync("k")
+    for attempt in range(3):
+        frame = numbers(4, seed=attempt)
+        result = path.run_sync(target, frame, mode="batch", record_key="batch-job-000001")
+        assert result.recorded is not None
+        result.recorded.result()
+    table = RecordReader(client.settings.resolved_records_root()).read("k")
+    assert table.num_rows == 4  # the last attempt's rows only
+    assert table.column("in.a").to_pylist() == numbers(4, seed=2)["a"].tolist()
+
+
+def _queued(root: Path, n: int) -> None:
+    """``n`` flushes of the queued writer: ``n`` small files of one day."""
+    writer = QueuedRecordWriter(root, RecorderLimits(compact_interval_s=None))
+    now = time.time()
+    for i in range(n):
+        writer.record(
+            RecordBatch(
+                model="c",
+                version=1 + i % 2,
+                mode="realtime",
+                prediction_ids=[f"p{i}"],
+                inputs={"x": np.array([float(i)])},
+                outputs={"y": np.array([2.0 * i])},
+                latency_ms=1.0,
+                at=now + i / 1000,
+            )
+        )
+        writer.flush_now()
+
+
+def test_compaction_merges_a_days_files_and_keeps_every_record(tmp_path: Path) -> None:
+    root = tmp_path / "records"
+    _queued(root, 12)
+    reader = RecordReader(root)
+    before = reader.read("c").to_pandas()
+    assert len(list(root.rglob("*.parquet"))) == 12
+    report = reader.compact("c", older_than_s=0)
+    assert (report.files_before, report.files_after) == (12, 1)
+    assert len(list(root.rglob("*.parquet"))) == 1
+    pd.testing.assert_frame_equal(reader.read("c").to_pandas(), before)
+    assert reader.read("c", version=2).num_rows == 6
+    assert reader.compact("c", older_than_s=0).files_before == 0  # nothing left to merge
+
+
+def test_young_files_and_keyed_files_are_left_alone(tmp_path: Path, client: Berth) -> None:
+    root = client.settings.resolved_records_root()
+    _queued(root, 3)
+    report = RecordReader(root).compact(older_than_s=3600)
+    assert report.files_before == 0
+    client.register(SumModel(), "k", training_data=numbers(), trusted=True)
+    path = client.path
+    for chunk in range(3):
+        key = f"batch-j-{chunk:06d}"
+        done = path.run_sync(path.resolve_sync("k"), numbers(2), mode="batch", record_key=key)
+        assert done.recorded is not None
+        done.recorded.result()
+    RecordReader(root).compact("k", older_than_s=0)
+    assert len(list((root / "model=k").rglob("batch-j-*.parquet"))) == 3
+
+
+def test_a_compaction_killed_before_removing_its_inputs_is_finished_by_the_next(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "records"
+    _queued(root, 4)
+    reader = RecordReader(root)
+    files = sorted(root.rglob("*.parquet"))
+    expected = reader.read("c").num_rows
+    reader.compact("c", older_than_s=0)
+    (merged,) = root.rglob("*.parquet")
+    # Put the inputs back, as if the process died after the rename, before the removals.
+    table = pq.read_table(merged)
+    for i, f in enumerate(files):
+        pq.write_table(table.slice(i, 1), f)
+    assert reader.read("c").num_rows == 2 * expected  # the crash's doubling
+    reader.compact("c", older_than_s=3600)  # removes the inputs the merged file holds
+    assert reader.read("c").num_rows == expected
+
+
+def test_the_writer_compacts_on_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "records"
+    _queued(root, 5)
+    old = time.time() - 3600
+    for f in root.rglob("*.parquet"):
+        os.utime(f, (old, old))
+    writer = QueuedRecordWriter(
+        root, RecorderLimits(flush_interval_s=0.05, compact_interval_s=0.01)
+    )
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(root.rglob("*.parquet"))) > 1:
+            assert time.monotonic() < deadline, "the writer never compacted"
+            time.sleep(0.05)
+    finally:
+        writer.close()
+    assert RecordReader(root).read("c").num_rows == 5
+
+
+def test_berth_records_compact(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _queued(home / "records", 6)
+    runner = CliRunner()
+    done = runner.invoke(cli_app, ["--home", str(home), "records", "compact", "--older-than", "0"])
+    assert done.exit_code == 0, done.output
+    assert "compacted 6 file(s) into 1" in done.stdout
+    bad = runner.invoke(cli_app, ["--home", str(home), "records", "compact", "-m", "-x"])
+    assert bad.exit_code == 2
+    assert "model name" in bad.stderr
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch", "library"])
+def test_every_mode_writes_the_declared_schema(tmp_path: Path, client: Berth, mode: str) -> None:
+    from berth.runtime.records import record_schema
+
+    client.register(SumModel(), "d", training_data=numbers(), trusted=True)
+    path = client.path
+    done = path.run_sync(path.resolve_sync("d"), numbers(2), mode=mode, record_key=f"{mode}-x")
+    assert done.recorded is not None
+    done.recorded.result()
+    table = RecordReader(client.settings.resolved_records_root()).read("d")
+    declared = record_schema()
+    assert table.column_names[: len(declared)] == declared.names
+    assert table.column("mode").to_pylist() == [mode, mode]
