@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from berth.batch.jobs import JobInfo, JobStore
-    from berth.batch.runner import BatchContext, Progress
+    from berth.batch.pipeline import Progress
+    from berth.batch.runner import BatchContext
     from berth.batch.specs import JobSpec
     from berth.runtime.handle import ModelHandle
     from berth.runtime.path import InferencePath
@@ -144,7 +145,7 @@ class Berth:
 
     def get_version(self, ref: str) -> VersionInfo:
         """The version ``ref`` means now (the one rule of every entry point)."""
-        return self.registry.resolve(parse_reference(ref))
+        return self.path.resolver.lookup(parse_reference(ref))
 
     def list_models(self, search: str | None = None) -> list[ModelSummary]:
         return self.registry.list_models(search)

@@ -5,6 +5,9 @@ Statuses: ``running`` (a process holds the job), ``interrupted`` (stopped by a s
 for a new start with ``--restart``). A ``running`` job whose
 process died (kill -9, a lost machine) looks running until someone resumes it; the resuming
 process takes the job's lock file first, which only a live process can hold.
+
+Longer than an adapter module should be: it is the jobs' and schedules' store (queries and
+their row mapping), with no scoring in it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ the parts become the output: renamed into place (a Parquet folder), streamed int
 file that is then renamed (a Parquet, CSV or JSONL file), or inserted in one transaction (a
 database table). Until then the output does not exist, so a failed or interrupted job leaves
 nothing half-written where users look.
+
+Longer than an adapter module should be: one writer per output format sharing the atomic
+placement; none holds model logic.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ columns) are read.
 Text formats are read with their feature columns as text and converted here, value by value only
 where a whole column does not convert: a value that is not a number then reaches validation as
 itself, and refuses its row alone, instead of failing the reader's whole block.
+
+Longer than an adapter module should be: one small reader class per format (Parquet, CSV,
+JSONL, SQL, DuckDB) sharing the text-column conversion; none holds model logic.
 """
 
 from __future__ import annotations
