@@ -63,5 +63,11 @@ bench-serve: install
 bench-batch: install
 	$(BIN)/python bench/batch_bench.py
 
+## bench-oip: Berth's hand-written OIP request decoding against a pydantic model of the request
+## (what MLServer does), into bench/results/oip_decode.json
+.PHONY: bench-oip
+bench-oip: install
+	$(BIN)/python bench/oip_decode_bench.py
+
 clean:
 	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +57,7 @@ class Berth:
         self.registry = Registry(self.db, self.store)
         self.actor = self.settings.user or _os_user()
         self._path: InferencePath | None = None
+        self._path_lock = threading.Lock()
 
     def close(self) -> None:
         if self._path is not None:
@@ -117,20 +119,22 @@ class Berth:
     def path(self) -> InferencePath:
         """The inference path's sync face for this client (the CLI, batch jobs, ``load``):
         prediction records to the home, no server metrics, no alias poller."""
-        if self._path is None:
-            from berth.runtime.path import InferencePath
-            from berth.runtime.records import RecordProducer
+        with self._path_lock:
+            if self._path is None:
+                self._path = self._build_path()
+            return self._path
 
-            records = RecordProducer(
-                self.settings.resolved_records_root(), policy=self.record_policy
-            )
-            self._path = InferencePath(
-                self.registry,
-                PathOptions(poll_interval_s=0),
-                records=records,
-                configure_threads=False,
-            )
-        return self._path
+    def _build_path(self) -> InferencePath:
+        from berth.runtime.path import InferencePath
+        from berth.runtime.records import RecordProducer
+
+        records = RecordProducer(self.settings.resolved_records_root(), policy=self.record_policy)
+        return InferencePath(
+            self.registry,
+            PathOptions(poll_interval_s=0),
+            records=records,
+            configure_threads=False,
+        )
 
     def load(self, ref: str, *, record: bool = False) -> ModelHandle:
         """Resolve ``name`` (the production alias, else the newest version), ``name/3``,
@@ -145,7 +149,9 @@ class Berth:
 
     def get_version(self, ref: str) -> VersionInfo:
         """The version ``ref`` means now (the one rule of every entry point)."""
-        return self.path.resolver.lookup(parse_reference(ref))
+        from berth.runtime.routing import Resolver  # light: no data library
+
+        return Resolver(self.registry).lookup(parse_reference(ref))
 
     def list_models(self, search: str | None = None) -> list[ModelSummary]:
         return self.registry.list_models(search)

@@ -170,3 +170,37 @@ def test_a_bad_reference_is_refused_alike_everywhere(client: Berth, ref: str, pr
         client.load(ref)
     with pytest.raises(InvalidInputError, match=problem):
         client.get_version(ref)
+
+
+def test_the_path_runs_without_the_server(client: Berth) -> None:
+    """What a stream consumer does: the composition root's path, started, used, closed."""
+    import asyncio
+
+    from berth.app import build_path
+    from berth.runtime.envelope import RequestContext
+    from berth.runtime.record_reader import RecordReader
+
+    client.register(Scaled(2.0), "m", training_data=numbers(), trusted=True)
+    client.set_alias("m", "production", 1)
+    path = build_path(client, PathOptions(poll_interval_s=0))
+
+    async def consume() -> list[float]:
+        await path.start()
+        try:
+            assert path.ready
+            assert path.status("m", 1) is not None
+            got = []
+            for i in range(3):
+                context = RequestContext(unit_id=f"u{i}", source_id=f"msg-{i}")
+                target = await path.resolve("m", context)
+                result = await path.run(target, pd.DataFrame([ROW]), mode="stream")
+                got += result.outputs["prediction"].tolist()
+            return got
+        finally:
+            await path.close()
+
+    assert asyncio.run(consume()) == [6.0, 6.0, 6.0]
+    records = RecordReader(client.settings.resolved_records_root()).read("m").to_pylist()
+    assert [(r["mode"], r["unit_id"], r["source_id"]) for r in records] == [
+        ("stream", f"u{i}", f"msg-{i}") for i in range(3)
+    ]

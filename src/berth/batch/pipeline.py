@@ -98,7 +98,10 @@ def _backend(
     progress.phase(f"loading {target.info.ref}")
     path.load_sync(target)
     progress.phase(f"scoring with {target.info.ref}")
-    yield None
+    try:
+        yield None
+    finally:
+        path.release_sync(target)
 
 
 def _windows(items: Iterator[scoring.Prepared], size: int) -> Iterator[list[scoring.Prepared]]:

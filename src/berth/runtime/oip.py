@@ -13,9 +13,19 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, get_args
 
 import orjson
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from typing_extensions import TypedDict
 
 from berth.errors import InvalidInputError, SchemaError
 from berth.runtime.envelope import RequestContext, first_unit_id
@@ -33,9 +43,11 @@ HEADER_LENGTH = "inference-header-content-length"
 
 @dataclass
 class OipEnvelope:
-    """An OIP request body parsed as far as it can be without a signature (phase one)."""
+    """An OIP request body parsed as far as it can be without a signature (phase one): its
+    structure and every value's JSON type are checked; nothing is matched to features yet."""
 
-    tensors: list[dict[str, Any]]
+    tensors: list[Any]
+    """The tensors, checked (dicts of name, shape, datatype, parameters, data)."""
     binary: memoryview
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -63,33 +75,49 @@ class OipInputs:
 def decode_envelope(body: bytes, header_length: int | None) -> OipEnvelope:
     head = body if header_length is None else body[:header_length]
     try:
+        request = _REQUEST.validate_json(head)
+    except ValidationError as exc:
+        raise InvalidInputError(_diagnose(head, exc)) from None
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    return OipEnvelope(
+        request["inputs"],
+        binary,
+        request.get("id"),
+        request.get("parameters") or {},
+        request.get("outputs"),
+    )
+
+
+def _diagnose(head: bytes, exc: ValidationError) -> str:
+    """One line naming what is wrong, from the body as a client sees it."""
+    try:
         doc = orjson.loads(head)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from exc
+    except orjson.JSONDecodeError as not_json:
+        return f"request body is not valid JSON: {not_json}"
     if not isinstance(doc, dict):
-        raise InvalidInputError("request body must be a JSON object with 'inputs'")
+        return "request body must be a JSON object with 'inputs'"
     tensors = doc.get("inputs")
     if not isinstance(tensors, list) or not tensors:
-        raise InvalidInputError("'inputs' must be a non-empty list of tensors")
+        return "'inputs' must be a non-empty list of tensors"
     for i, tensor in enumerate(tensors):
         if not isinstance(tensor, dict):
-            raise InvalidInputError(f"input {i} must be an object")
-    parameters = doc.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidInputError("'parameters' must be an object")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInputError("'id' must be a string")
-    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
-    return OipEnvelope(tensors, binary, request_id, parameters, doc.get("outputs"))
+            return f"input {i} must be an object"
+    if not isinstance(doc.get("parameters") or {}, dict):
+        return "'parameters' must be an object"
+    if doc.get("id") is not None and not isinstance(doc.get("id"), str):
+        return "'id' must be a string"
+    for error in exc.errors():
+        if error["loc"][:1] == ("inputs",) and len(error["loc"]) > 1:
+            return _problem(tensors, {**error, "loc": error["loc"][1:]})
+    return f"invalid request: {exc.errors()[0]['msg']}"
 
 
 def decode_inputs(envelope: OipEnvelope, signature: Signature) -> OipInputs:
     binary = envelope.binary
     offset = 0
     arrays: dict[str, npt.NDArray[Any]] = {}
-    for i, tensor in enumerate(envelope.tensors):
-        name, array, used = _tensor(tensor, i, binary[offset:])
+    for tensor in envelope.tensors:
+        name, array, used = _tensor(tensor, binary[offset:])
         offset += used
         if name in arrays:
             raise InvalidInputError(f"input {name!r} is given twice")
@@ -103,77 +131,129 @@ def decode_inputs(envelope: OipEnvelope, signature: Signature) -> OipInputs:
     )
 
 
-def _tensor(
-    tensor: dict[str, Any], i: int, binary: memoryview
-) -> tuple[str, npt.NDArray[Any], int]:
+# The request's structure and every value's JSON type are checked by pydantic, from the JSON bytes
+# in one call: bench/oip_decode_bench.py measured the hand-written checks at 52 us for a
+# 14-tensor row against 23 us for a pydantic model of the request. Only what pydantic does not
+# do is written here: turning its first error into one line naming the input, binary tensors, and
+# shapes against data.
+
+_Count = Annotated[StrictInt, Field(ge=0)]
+
+
+def _data(scalar: Any) -> Any:
+    """A flat list (by far the most common, so tried first), a scalar, or lists nested up to
+    three deep (row-major, as OIP allows)."""
+    kinds = list[scalar] | scalar | list[list[scalar]] | list[list[list[scalar]]] | None
+    return Annotated[kinds, Field(union_mode="left_to_right")]
+
+
+class _Tensor(TypedDict):
+    name: Annotated[StrictStr, Field(min_length=1)]
+    shape: Annotated[list[_Count], Field(min_length=1)]
+    parameters: NotRequired[dict[str, Any] | None]
+
+
+class _Bool(_Tensor):
+    datatype: Literal["BOOL"]
+    data: NotRequired[_data(StrictBool)]  # type: ignore[valid-type]
+
+
+_INTS = Literal["INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"]
+
+
+class _Int(_Tensor):
+    datatype: _INTS
+    data: NotRequired[_data(StrictInt)]  # type: ignore[valid-type]
+
+
+class _Float(_Tensor):
+    datatype: Literal["FP16", "FP32", "FP64"]
+    data: NotRequired[_data(StrictInt | StrictFloat)]  # type: ignore[valid-type]
+
+
+class _Bytes(_Tensor):
+    datatype: Literal["BYTES"]
+    data: NotRequired[_data(StrictStr)]  # type: ignore[valid-type]
+
+
+_KINDS = {"BOOL": "true or false", "BYTES": "strings", "FP16": "numbers", "FP32": "numbers"}
+_KINDS |= {"FP64": "numbers"} | {t: "integers" for t in get_args(_INTS)}
+
+
+_AnyTensor = Annotated[_Bool | _Int | _Float | _Bytes, Field(discriminator="datatype")]
+
+
+class _Request(TypedDict):
+    # TypedDicts, not models: validated in Rust alike, without building an object per tensor.
+    id: NotRequired[StrictStr | None]
+    parameters: NotRequired[dict[str, Any] | None]
+    inputs: Annotated[list[_AnyTensor], Field(min_length=1)]
+    outputs: NotRequired[Any]
+
+
+_REQUEST = TypeAdapter(_Request)
+
+
+def _problem(tensors: list[dict[str, Any]], error: Any) -> str:
+    """Pydantic's first error as the one line a client reads."""
+    loc = error["loc"]
+    i = loc[0]
+    tensor = tensors[i]
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name or (len(loc) > 2 and loc[2] == "name"):
+        return f"input {i} needs a 'name'"
+    field = loc[2] if len(loc) > 2 else None
+    if field is None:  # the discriminator: no datatype, or not one of ours
+        datatype = tensor.get("datatype")
+        return f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(FROM_OIP)}"
+    if field == "shape":
+        return f"input {name!r}: 'shape' must be a list of non-negative integers"
+    if field == "data":
+        datatype = tensor["datatype"]
+        return f"input {name!r}: {datatype} data must be {_KINDS[datatype]}"
+    return f"input {name!r}: '{field}' {error['msg'].lower()}"
+
+
+def _tensor(tensor: Any, binary: memoryview) -> tuple[str, npt.NDArray[Any], int]:
     import numpy as np
 
-    name = tensor.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidInputError(f"input {i} needs a 'name'")
-    datatype = tensor.get("datatype")
-    if datatype not in FROM_OIP:
-        raise InvalidInputError(
-            f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(FROM_OIP)}"
-        )
-    shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise InvalidInputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
     count = math.prod(shape)
-    params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    parameters = tensor.get("parameters")
+    size = parameters.get("binary_data_size") if parameters else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(binary):
             raise InvalidInputError(f"input {name!r}: binary_data_size {size!r} is out of range")
         array = _from_binary(name, datatype, bytes(binary[:size]), count)
         return name, array.reshape(shape), size
-    if "data" not in tensor:
+    data = tensor.get("data")
+    if data is None:
         raise InvalidInputError(f"input {name!r} has no 'data'")
-    data = tensor["data"]
-    flat = _flatten(data) if isinstance(data, list) else [data]
-    if len(flat) != count:
+    if not isinstance(data, list):
+        data = [data]
+    elif data and isinstance(data[0], list):
+        data = _flatten(data)
+    if len(data) != count:
         raise InvalidInputError(
-            f"input {name!r}: shape {shape} holds {count} values but 'data' has {len(flat)}"
+            f"input {name!r}: shape {shape} holds {count} values but 'data' has {len(data)}"
         )
-    if datatype == "BYTES":
-        if not all(isinstance(v, str) for v in flat):
-            raise InvalidInputError(f"input {name!r}: BYTES data must be strings")
-        array = np.array(flat, dtype=object)
-    else:
-        array = _typed(name, datatype, flat)
-    return name, array.reshape(shape), 0
+    try:
+        if datatype in ("FP16", "FP32"):  # a float64 that does not fit is an error, not inf
+            with np.errstate(over="raise", invalid="raise"):
+                array = np.array(data, dtype=FROM_OIP[datatype])
+        else:
+            array = np.array(data, dtype=object if datatype == "BYTES" else FROM_OIP[datatype])
+    except (OverflowError, FloatingPointError, ValueError) as exc:
+        raise InvalidInputError(f"input {name!r}: a value does not fit {datatype}") from exc
+    return name, (array if len(shape) == 1 else array.reshape(shape)), 0
 
 
 def _flatten(data: list[Any]) -> list[Any]:
-    if not any(isinstance(v, list) for v in data):
-        return data
+    """Nested lists (pydantic has checked they nest evenly deep) in row-major order."""
     out: list[Any] = []
     for v in data:
         out.extend(_flatten(v) if isinstance(v, list) else [v])
     return out
-
-
-def _typed(name: str, datatype: str, flat: list[Any]) -> npt.NDArray[Any]:
-    import numpy as np
-
-    dtype = np.dtype(FROM_OIP[datatype])
-    if dtype.kind == "b":
-        if not all(isinstance(v, bool) for v in flat):
-            raise InvalidInputError(f"input {name!r}: BOOL data must be true or false")
-    elif not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
-        raise InvalidInputError(f"input {name!r}: {datatype} data must be numbers")
-    elif dtype.kind in "iu" and not all(isinstance(v, int) for v in flat):
-        raise InvalidInputError(f"input {name!r}: {datatype} data must be integers")
-    try:
-        with np.errstate(over="raise", invalid="raise"):
-            array = np.array(flat, dtype=dtype)
-    except (OverflowError, FloatingPointError, ValueError) as exc:
-        raise InvalidInputError(f"input {name!r}: a value does not fit {datatype}") from exc
-    return array
 
 
 def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> npt.NDArray[Any]:

@@ -201,6 +201,10 @@ class InferencePath:
         so a broken artifact fails before any scoring)."""
         self.pool.loaded_now(target.info)
 
+    def release_sync(self, target: Target) -> None:
+        """Unload what :meth:`load_sync` loaded (it loads again when next needed)."""
+        self.pool.release_now(target.info)
+
     # -- run -----------------------------------------------------------------------------------
 
     def validate(self, target: Target, inputs: Any, bad_rows: BadRows = "raise") -> Validated:

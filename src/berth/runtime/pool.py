@@ -162,6 +162,12 @@ class ModelPool:
                 self._direct[info.digest] = loaded
             return loaded
 
+    def release_now(self, info: VersionInfo) -> None:
+        """Let go of a version loaded for the synchronous face (a batch job's, once it ends):
+        a long-lived client (the scheduler) must not keep every version it ever scored with."""
+        with self._direct_lock:
+            self._direct.pop(info.digest, None)
+
     async def _load(self, name: str, version: int) -> ServedModel:
         key = (name, version)
         try:

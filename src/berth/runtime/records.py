@@ -178,6 +178,7 @@ class RecordProducer:
         if key is not None:
             return self.keyed.submit(batch, key, target.model)
         if batch is not None:
+            self.queued.start()  # a sync caller may never have started it: the first record does
             self.queued.record(batch)
         return None
 
