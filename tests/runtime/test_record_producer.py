@@ -207,3 +207,31 @@ def test_every_mode_writes_the_declared_schema(tmp_path: Path, client: Berth, mo
     declared = record_schema()
     assert table.column_names[: len(declared)] == declared.names
     assert table.column("mode").to_pylist() == [mode, mode]
+
+
+def test_a_redelivered_message_replaces_its_records_on_the_async_face(client: Berth) -> None:
+    from berth.runtime.envelope import RequestContext
+    from berth.runtime.path import InferencePath
+    from berth.runtime.records import RecordProducer
+
+    client.register(SumModel(), "st", training_data=numbers(), trusted=True)
+    root = client.settings.resolved_records_root()
+    path = InferencePath(
+        client.registry, PathOptions(poll_interval_s=0), records=RecordProducer(root)
+    )
+
+    async def consume() -> None:
+        await path.start()
+        try:
+            for _ in range(2):  # the broker delivers message 7 twice
+                target = await path.resolve("st", RequestContext(source_id="7"))
+                result = await path.run(target, numbers(3), mode="stream", record_key="stream-7")
+                assert result.recorded is not None
+                await asyncio.wrap_future(result.recorded)
+        finally:
+            await path.close()
+
+    asyncio.run(consume())
+    table = RecordReader(root).read("st")
+    assert table.num_rows == 3
+    assert set(table.column("source_id").to_pylist()) == {"7"}

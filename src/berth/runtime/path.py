@@ -232,10 +232,12 @@ class InferencePath:
         bad_rows: BadRows = "raise",
         mode: str = "realtime",
         ids: Sequence[str] | pa.Array | None = None,
+        record_key: str | None = None,
     ) -> Result:
         """Validate, predict on the version's inference thread (micro-batched where its
         settings say), record and count. ``ids`` (one per input row) replace the random
-        prediction ids."""
+        prediction ids; ``record_key`` writes the records as that key's file (a redelivered
+        stream message replaces its records), see :meth:`run_sync`."""
         started = time.perf_counter()
         served = await self.pool.ensure(target.model, target.version)
         served.inflight += 1
@@ -251,7 +253,7 @@ class InferencePath:
         if served.batcher is not None:
             served.batcher.latency.observe(latency_ms)
         return self._finish(
-            target, validated, outputs, latency_ms, mode, ids, None, served.serving.record
+            target, validated, outputs, latency_ms, mode, ids, record_key, served.serving.record
         )
 
     def run_sync(
