@@ -32,9 +32,21 @@ def test_a_serving_file_in_json_or_toml(tmp_path: Path) -> None:
     # Unset settings take the flavor's default; set ones replace it.
     default = BatchingConfig(max_batch_size=32, max_latency_ms=5.0)
     assert serving.batching(default) == BatchingConfig(
-        max_batch_size=64, max_latency_ms=0.0, target_p99_ms=80
+        max_batch_size=64, max_latency_ms=5.0, target_p99_ms=80
     )
     assert ModelServing().batching(default) is default
+    # A target alone keeps the flavor's batching and tunes its window.
+    assert ModelServing(target_p99_ms=80).batching(default).max_batch_size == 32
+
+
+def test_serving_settings_mean_the_same_in_every_worker() -> None:
+    """Workers get the options as JSON, where an unset setting arrives as null."""
+    default = BatchingConfig(max_batch_size=32, max_latency_ms=5.0)
+    for serving in (ModelServing(record=False), ModelServing(max_batch_size=4)):
+        options = ServeOptions(path=PathOptions(models={"m": serving}))
+        again = ServeOptions.model_validate_json(options.model_dump_json()).path.models["m"]
+        assert again.batching(default) == serving.batching(default)
+        assert again.record == serving.record
 
 
 @pytest.mark.parametrize(

@@ -107,11 +107,12 @@ class ModelServing(_Declared):
     )
 
     def batching(self, default: BatchingConfig) -> BatchingConfig:
-        """The flavor's default with the settings given here laid over it."""
-        given = self.model_dump(exclude_unset=True, exclude={"record"})
+        """The flavor's default with the settings given here laid over it (a setting sent
+        through JSON as null is one not given)."""
+        given = self.model_dump(exclude_none=True, exclude={"record"})
         if not given:
             return default
-        return BatchingConfig(**{"max_batch_size": 1, "max_latency_ms": 0.0, **given})
+        return BatchingConfig.model_validate({**default.model_dump(), **given})
 
 
 class ThreadLimits(_Declared):

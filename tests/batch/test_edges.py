@@ -4,6 +4,7 @@ differ between chunks, text that only looks missing, and checks that must come b
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -12,7 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from tests.batch.data import Stop, StopAfter, customers, expected, spec, without_ids
+from tests.batch.data import (
+    Stop,
+    StopAfter,
+    customers,
+    expected,
+    spec,
+    without_ids,
+    write_parquet,
+)
 from tests.cli.test_cli import CLEAN_ENV
 from typer.testing import CliRunner
 
@@ -167,3 +176,21 @@ def test_a_query_ending_in_a_semicolon_and_plain_progress_without_a_total(
     assert result.exit_code == 0, result.output
     assert "rows/s" in result.stderr
     assert len(pd.read_csv(tmp_path / "o.csv")) == 30
+
+
+def test_a_model_that_fails_to_load_leaves_no_reader_thread_behind(
+    churn: Berth, tmp_path: Path
+) -> None:
+    import threading
+
+    from berth.errors import ArtifactIntegrityError
+
+    info = churn.get_version("churn/1")
+    for file in churn.store.path(info.digest).rglob("*"):
+        if file.is_file():
+            file.write_bytes(file.read_bytes() + b"tampered")
+    source = write_parquet(customers(300), tmp_path / "in.parquet")
+    with pytest.raises(ArtifactIntegrityError):
+        churn.run_batch(spec(source, tmp_path / "out.parquet"))
+    time.sleep(0.3)
+    assert "berth-batch-reader" not in [t.name for t in threading.enumerate()]

@@ -71,3 +71,18 @@ def test_plain_columns_cross_a_process_boundary_and_come_back_whole() -> None:
     assert set(back) == set(OUTPUTS)
     for name, values in OUTPUTS.items():
         np.testing.assert_array_equal(back[name], values)
+
+
+def test_a_column_view_goes_out_as_an_oip_tensor() -> None:
+    """A python model returning ``proba[:, 1]`` (not C-contiguous) still encodes."""
+    import orjson
+
+    from berth.runtime.outputs import to_tensor
+
+    view = np.arange(8, dtype=np.float64).reshape(4, 2)[:, 1]
+    tensor, blob = to_tensor("p", view, binary=False)
+    assert blob is None
+    body = orjson.loads(orjson.dumps(tensor, option=orjson.OPT_SERIALIZE_NUMPY))
+    assert body["data"] == [1.0, 3.0, 5.0, 7.0]
+    tensor, blob = to_tensor("p", view, binary=True)
+    assert np.frombuffer(blob, dtype="<f8").tolist() == [1.0, 3.0, 5.0, 7.0]

@@ -373,3 +373,48 @@ def test_a_pool_started_again_after_close_serves_again(tmp_path) -> None:
         client.register(SumModel(), "sum", training_data=numbers(), trusted=True)
         client.set_alias("sum", "production", 1)
         asyncio.run(scenario(client))
+
+
+def test_a_failed_load_is_tried_again_after_a_while(
+    client: Berth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passing fault (the artifact store unreachable for a moment) must not fail a version
+    until the server restarts; within the retry interval it answers 503 at once."""
+    info = register(client, Tracing(2.0), "flaky")
+    client.set_alias("flaky", "production", 1)
+    file = client.store.path(info.digest) / "model.cloudpickle"
+    good = file.read_bytes()
+    tamper(client, info)
+    monkeypatch.setattr(pool_module, "RETRY_FAILED_S", 0.3)
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        with pytest.raises(UnavailableError, match="SHA-256"):
+            await infer(path, "flaky", frame(1.0))
+        file.write_bytes(good)  # the fault passes
+        with pytest.raises(UnavailableError):  # not tried again at once
+            await infer(path, "flaky", frame(1.0))
+        await asyncio.sleep(0.35)
+        assert (await infer(path, "flaky", frame(1.0))).outputs["prediction"].tolist() == [2.0]
+
+    with_pool(client, body)
+
+
+def test_one_broken_alias_target_does_not_hold_up_the_others(client: Berth) -> None:
+    register(client, Tracing(1.0), "left")
+    register(client, Tracing(3.0), "left")  # another artifact than right/2's (content-addressed)
+    register(client, Tracing(1.0), "right")
+    bad = register(client, Tracing(2.0), "right")
+    tamper(client, bad)
+    client.set_alias("left", "production", 1)
+    client.set_alias("right", "production", 1)
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        await asyncio.to_thread(client.set_alias, "left", "production", 2)
+        await asyncio.to_thread(client.set_alias, "right", "production", 2)
+        await pool.refresh()
+        routes = pool.resolver.routes()
+        assert routes[("left", "production")] == 2
+        assert routes[("right", "production")] == 1  # its new target failed: the old one stays
+        assert (await infer(path, "right", frame(1.0))).info.version == 1
+
+    with_pool(client, body)

@@ -901,3 +901,9 @@ def test_schemathesis_finds_no_server_error(api_schema, method: str, path: str, 
         assert isinstance(body, dict), body
         assert isinstance(body.get("error"), str), body
         assert body["error"], body
+
+
+def test_a_shape_with_too_many_dimensions_is_a_400(http) -> None:
+    tensor = {"name": "x0", "datatype": "FP64", "shape": [1] * 70, "data": [0.5]}
+    response = http.post("/v2/models/numeric/infer", json={"inputs": [tensor]})
+    assert_error(response, 400, "'x0'", "'shape'")

@@ -57,11 +57,11 @@ def score(
 ) -> None:
     prepared = _prefetch(scoring.prepare(path, target, c) for c in chunks)
     pending: Future[None] | None = None
-    with (
-        _backend(path, artifact_root, spec, target, progress) as backend,
-        ThreadPoolExecutor(1, thread_name_prefix="berth-batch-writer") as writer,
-    ):
-        try:
+    try:
+        with (
+            _backend(path, artifact_root, spec, target, progress) as backend,
+            ThreadPoolExecutor(1, thread_name_prefix="berth-batch-writer") as writer,
+        ):
             for group in _windows(prepared, getattr(backend, "window", 1)):
                 results = path.run_window(
                     target,
@@ -79,8 +79,8 @@ def score(
                     pending = writer.submit(commit, scored, item.chunk.rows)
             if pending is not None:
                 pending.result()
-        finally:
-            prepared.close()
+    finally:  # also when the backend fails to start: the reader thread must not outlive the job
+        prepared.close()
 
 
 @contextlib.contextmanager

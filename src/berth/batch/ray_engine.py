@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from berth.types import Outputs
 
 _CHUNK = "__berth_chunk"
-_LOADED: dict[str, LoadedModel] = {}
-"""Per worker process: versions already loaded, by digest."""
+_LOADED: dict[tuple[str, int, str], LoadedModel] = {}
+"""Per worker process: versions already loaded (two versions may share an artifact but not a
+signature, so the key is the version and its digest)."""
 
 
 class RayBackend:
@@ -114,10 +115,11 @@ def _ray() -> Any:
 def _predict_block(frame: pd.DataFrame, *, info: VersionInfo, artifact_root: str) -> pd.DataFrame:
     """On a Ray worker: the path's predict step for one validated chunk, outputs as 1-D columns
     (what a DataFrame block carries)."""
-    model = _LOADED.get(info.digest)
+    key = (info.model, info.version, info.digest)
+    model = _LOADED.get(key)
     if model is None:
         model = load_resolved(ArtifactStore(Path(artifact_root)), info)
-        _LOADED[info.digest] = model
+        _LOADED[key] = model
     chunk = frame.pop(_CHUNK).to_numpy()
     outputs = model.predict_validated(frame.reset_index(drop=True))
     return pd.DataFrame({_CHUNK: chunk, **to_plain_columns(outputs)})

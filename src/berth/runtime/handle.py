@@ -21,8 +21,9 @@ class ModelHandle:
     inference path: the same validation, predictor call and output shapes as the server.
 
     ``record=True`` writes prediction records (mode ``library``) as every other mode does, each
-    call's records in a file of its own; off by default, since library calls are often tests,
-    notebooks and evaluations rather than traffic.
+    call's records durably in a file of its own before ``predict`` returns (compaction merges
+    them later); off by default, since library calls are often tests, notebooks and evaluations
+    rather than traffic.
     """
 
     def __init__(self, path: InferencePath, target: Target, *, record: bool = False) -> None:
@@ -68,4 +69,6 @@ class ModelHandle:
 def _call_key() -> str:
     import uuid
 
-    return f"library-{uuid.uuid4().hex}"
+    from berth.runtime.record_writers import LIBRARY_PREFIX
+
+    return f"{LIBRARY_PREFIX}{uuid.uuid4().hex}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, Union, get_args
 
 import orjson
 from pydantic import (
@@ -137,19 +137,26 @@ def decode_inputs(envelope: OipEnvelope, signature: Signature) -> OipInputs:
 # do is written here: turning its first error into one line naming the input, binary tensors, and
 # shapes against data.
 
+
 _Count = Annotated[StrictInt, Field(ge=0)]
+MAX_DIMENSIONS = 8
+"""More dimensions than any input of a tabular or text model has (numpy itself stops at 64)."""
 
 
 def _data(scalar: Any) -> Any:
-    """A flat list (by far the most common, so tried first), a scalar, or lists nested up to
-    three deep (row-major, as OIP allows)."""
-    kinds = list[scalar] | scalar | list[list[scalar]] | list[list[list[scalar]]] | None
-    return Annotated[kinds, Field(union_mode="left_to_right")]
+    """A flat list (by far the most common, so tried first), a scalar, or lists nested as deep
+    as a shape may go (row-major, as OIP allows)."""
+    kinds: list[Any] = [list[scalar], scalar]
+    nested: Any = list[scalar]
+    for _ in range(MAX_DIMENSIONS - 1):
+        nested = list[nested]
+        kinds.append(nested)
+    return Annotated[Union[(*kinds, None)], Field(union_mode="left_to_right")]
 
 
 class _Tensor(TypedDict):
     name: Annotated[StrictStr, Field(min_length=1)]
-    shape: Annotated[list[_Count], Field(min_length=1)]
+    shape: Annotated[list[_Count], Field(min_length=1, max_length=MAX_DIMENSIONS)]
     parameters: NotRequired[dict[str, Any] | None]
 
 
@@ -207,7 +214,9 @@ def _problem(tensors: list[dict[str, Any]], error: Any) -> str:
         datatype = tensor.get("datatype")
         return f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(FROM_OIP)}"
     if field == "shape":
-        return f"input {name!r}: 'shape' must be a list of non-negative integers"
+        return (
+            f"input {name!r}: 'shape' must be a list of 1 to {MAX_DIMENSIONS} non-negative integers"
+        )
     if field == "data":
         datatype = tensor["datatype"]
         return f"input {name!r}: {datatype} data must be {_KINDS[datatype]}"
@@ -222,7 +231,7 @@ def _tensor(tensor: Any, binary: memoryview) -> tuple[str, npt.NDArray[Any], int
     parameters = tensor.get("parameters")
     size = parameters.get("binary_data_size") if parameters else None
     if size is not None:
-        if not isinstance(size, int) or size < 0 or size > len(binary):
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
             raise InvalidInputError(f"input {name!r}: binary_data_size {size!r} is out of range")
         array = _from_binary(name, datatype, bytes(binary[:size]), count)
         return name, array.reshape(shape), size

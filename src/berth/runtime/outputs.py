@@ -152,7 +152,8 @@ def to_tensor(
         flat = None
     tensor: dict[str, Any] = {"name": name, "shape": list(values.shape), "datatype": datatype}
     if not binary:
-        tensor["data"] = flat if flat is not None else values.reshape(-1)
+        # orjson serialises C-contiguous arrays only (a column of a 2-D output is not one).
+        tensor["data"] = flat if flat is not None else np.ascontiguousarray(values).reshape(-1)
         return tensor, None
     if flat is not None:
         blob = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in flat))

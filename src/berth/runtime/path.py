@@ -198,8 +198,9 @@ class InferencePath:
 
     def load_sync(self, target: Target) -> None:
         """Load the target's version now, in the calling thread (before a job's first chunk,
-        so a broken artifact fails before any scoring)."""
-        self.pool.loaded_now(target.info)
+        so a broken artifact fails before any scoring), and keep it until
+        :meth:`release_sync`."""
+        self.pool.loaded_now(target.info, hold=True)
 
     def release_sync(self, target: Target) -> None:
         """Unload what :meth:`load_sync` loaded (it loads again when next needed)."""

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from berth.types import Outputs
 
 log = logging.getLogger("berth.path")
+
+RETRY_FAILED_S = 30.0
+"""A version that failed to load answers 503 at once for this long, then is loaded again on the
+next request for it (a fault may have passed; a broken artifact fails again, cheaply)."""
 
 
 @dataclass
@@ -68,6 +73,7 @@ class LoadState:
     state: str
     reason: str | None = None
     task: asyncio.Task[ServedModel] | None = field(default=None, repr=False, compare=False)
+    at: float = field(default_factory=time.monotonic, repr=False, compare=False)
 
 
 class ModelPool:
@@ -87,7 +93,8 @@ class ModelPool:
         self.configure_threads = configure_threads
         self.served: dict[tuple[str, int], ServedModel] = {}
         self.states: dict[tuple[str, int], LoadState] = {}
-        self._direct: dict[str, LoadedModel] = {}
+        self._direct: dict[tuple[str, int], LoadedModel] = {}
+        self._holds: dict[tuple[str, int], int] = {}
         self._direct_lock = threading.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
@@ -141,7 +148,9 @@ class ModelPool:
             return served
         state = self.states.get(key)
         if state is not None and state.state == "failed":
-            raise UnavailableError(f"{name}/{version} is not ready: {state.reason}")
+            if time.monotonic() - state.at < RETRY_FAILED_S:
+                raise UnavailableError(f"{name}/{version} is not ready: {state.reason}")
+            state = None  # perhaps a passing fault (the artifact store, the database): again
         if state is None or state.task is None:
             task = asyncio.get_running_loop().create_task(self._load(name, version))
             state = LoadState("loading", task=task)
@@ -149,29 +158,44 @@ class ModelPool:
         assert state.task is not None
         return await asyncio.shield(state.task)
 
-    def loaded_now(self, info: VersionInfo) -> LoadedModel:
+    def loaded_now(self, info: VersionInfo, *, hold: bool = False) -> LoadedModel:
         """For the synchronous face: the version loaded in the calling thread (once per pool),
-        or the served copy when the server already has it."""
-        served = self.served.get((info.model, info.version))
+        or the served copy when the server already has it. ``hold`` keeps it loaded until as
+        many :meth:`release_now` (a batch job holds its version while it runs)."""
+        key = (info.model, info.version)
+        served = self.served.get(key)
         if served is not None:
             return served.loaded
         with self._direct_lock:
-            loaded = self._direct.get(info.digest)
-            if loaded is None:
-                loaded = load_resolved(self.registry.store, info)
-                self._direct[info.digest] = loaded
-            return loaded
+            loaded = self._direct.get(key)
+        if loaded is None:
+            # Loaded outside the lock: another job's scoring must not wait for this load. Two
+            # threads loading the same version at once both load it; the first one is kept.
+            fresh = load_resolved(self.registry.store, info)
+            with self._direct_lock:
+                loaded = self._direct.setdefault(key, fresh)
+        if hold:
+            with self._direct_lock:
+                self._holds[key] = self._holds.get(key, 0) + 1
+        return loaded
 
     def release_now(self, info: VersionInfo) -> None:
-        """Let go of a version loaded for the synchronous face (a batch job's, once it ends):
-        a long-lived client (the scheduler) must not keep every version it ever scored with."""
+        """Let go of a held version once nobody holds it: a long-lived client (the scheduler)
+        must not keep every version it ever scored with."""
+        key = (info.model, info.version)
         with self._direct_lock:
-            self._direct.pop(info.digest, None)
+            left = self._holds.get(key, 0) - 1
+            if left > 0:
+                self._holds[key] = left
+                return
+            self._holds.pop(key, None)
+            self._direct.pop(key, None)
 
     async def _load(self, name: str, version: int) -> ServedModel:
         key = (name, version)
         try:
             loaded = await asyncio.to_thread(self._load_blocking, name, version)
+            served = self._serve(loaded)
         except (NotFoundError, InvalidInputError):
             self.states.pop(key, None)  # the request's mistake, not the version's: keep no state
             raise
@@ -186,7 +210,6 @@ class ModelPool:
         # A loaded model is hundreds of thousands of long-lived objects; left in the collected
         # generations, each full collection walked them all (a 260-350 ms pause in p99).
         gc.freeze()
-        served = self._serve(loaded)
         self.served[key] = served
         self.states[key] = LoadState("ready")
         if self.metrics is not None:
@@ -233,31 +256,40 @@ class ModelPool:
                 log.exception("refreshing aliases failed")
 
     async def refresh(self) -> None:
-        """Apply alias moves: load the new target first, then switch, then unload the old."""
+        """Apply alias moves: load each new target first (concurrently), then switch that alias
+        alone, then unload what no alias points at any more. A target that fails to load keeps
+        its alias on the old version (retried at a later poll, see ``RETRY_FAILED_S``)."""
         table = await asyncio.to_thread(self.resolver.read_aliases)
         before = self.resolver.routes()
-        current = {(n, a): v for n, aliases in table.items() for a, v in aliases.items()}
-        left: set[tuple[str, int]] = set()
-        kept = dict(table)
-        for (name, alias), version in current.items():
-            old = before.get((name, alias))
-            if old == version:
-                continue
-            try:
-                await self.ensure(name, version)
-            except BerthError as exc:
-                log.error("alias %s@%s -> %s not switched: %s", name, alias, version, exc)
-                if old is not None:
-                    kept[name] = {**kept[name], alias: old}
-                continue
-            log.info("alias %s@%s switched %s -> %s", name, alias, old, version)
-            if old is not None:
-                left.add((name, old))
-        for key, version in before.items():
-            if key not in current:
-                left.add((key[0], version))
-        self.resolver.set_aliases(kept)  # the switch: one assignment, atomic for requests
-        await self._unload(left)
+        staged = {name: dict(aliases) for name, aliases in table.items()}
+        moves = []
+        for name, aliases in table.items():
+            for alias, version in aliases.items():
+                old = before.get((name, alias))
+                if old == version:
+                    continue
+                if old is None:
+                    del staged[name][alias]  # routed once loaded
+                else:
+                    staged[name][alias] = old
+                moves.append((name, alias, version, old))
+        self.resolver.set_aliases(staged)  # removed aliases stop routing now
+        switched = await asyncio.gather(*(self._switch(*move) for move in moves))
+        left = {(name, old) for (name, _, _, old), ok in zip(moves, switched, strict=True) if ok}
+        left |= {
+            (name, v) for (name, alias), v in before.items() if alias not in table.get(name, {})
+        }
+        await self._unload({(name, v) for name, v in left if v is not None})
+
+    async def _switch(self, name: str, alias: str, version: int, old: int | None) -> bool:
+        try:
+            await self.ensure(name, version)
+        except Exception as exc:  # one alias's broken target must not hold up the others
+            log.error("alias %s@%s -> %s not switched: %s", name, alias, version, exc)
+            return False
+        self.resolver.route(name, alias, version)  # the switch: atomic for requests
+        log.info("alias %s@%s switched %s -> %s", name, alias, old, version)
+        return True
 
     async def _unload(self, candidates: set[tuple[str, int]]) -> None:
         """Unload versions an alias just moved away from, unless another alias still points at

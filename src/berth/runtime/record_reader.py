@@ -5,15 +5,18 @@ and version, only the columns asked for. Versions differ in features and outputs
 with the union of every file's columns.
 
 Compaction merges the many small files that the queued writer leaves in a day (one every flush
-interval per worker) into one, so a day of traffic is not thousands of files. The merged file
-names the files it replaced in its metadata and is renamed into place before they are removed;
-a crash in between leaves both, and the next compaction removes the replaced ones first. A scan
-that runs exactly then may count those records twice.
+interval per worker, one per recorded library call) into one per run, so a day of traffic is a
+few files, not thousands; merged files are not merged again. The merged file is streamed one
+input at a time, names the files it replaced in its metadata, and is made durable and renamed
+into place before they are removed; a crash in between leaves both, and the next compaction
+removes the replaced ones first (a scan at exactly that moment may count those records twice).
+A scan that loses a file to a compaction under way starts again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from berth.errors import InvalidInputError
-from berth.runtime.record_writers import AUTO_PREFIX, auto_name, write_parquet
+from berth.runtime.record_writers import AUTO_PREFIX, LIBRARY_PREFIX, auto_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,10 +53,27 @@ class RecordReader:
         columns: list[str] | None = None,
     ) -> pa.Table:
         """Records of one model (optionally one version) in a time window, oldest first."""
+
+        folder = self.root / f"model={model}"
+        for attempt in range(3):
+            try:
+                return self._read(folder, version, since, until, columns)
+            except FileNotFoundError:  # a compaction removed a file between listing and reading
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read(
+        self,
+        folder: Path,
+        version: int | None,
+        since: datetime | None,
+        until: datetime | None,
+        columns: list[str] | None,
+    ) -> pa.Table:
         import pyarrow as pa
         import pyarrow.dataset as ds
 
-        folder = self.root / f"model={model}"
         if not folder.is_dir():
             return pa.table({})
         options: dict[str, Any] = {
@@ -115,7 +135,7 @@ class RecordReader:
             files = [
                 f
                 for f in sorted(day.glob("*.parquet"))
-                if _is_auto(f) and f.stat().st_mtime <= cutoff
+                if _is_small(f) and f.stat().st_mtime <= cutoff
             ]
             if len(files) < min_files:
                 continue
@@ -137,14 +157,7 @@ class RecordReader:
             if len(group) < 2:
                 written += len(group)
                 continue
-            import pyarrow as pa
-
-            table = pa.concat_tables([pq.read_table(f) for f in group]).sort_by("time")
-            replaced = ",".join(f.name for f in group)
-            name = auto_name().replace(AUTO_PREFIX, _MERGED, 1)
-            write_parquet(table, day, name, metadata={_REPLACED.decode(): replaced})
-            for f in group:
-                f.unlink(missing_ok=True)
+            _merge_files(day, group)
             written += 1
         return written
 
@@ -171,9 +184,46 @@ class CompactionReport:
     """Models skipped because another process was compacting them."""
 
 
-def _is_auto(path: Path) -> bool:
+def _is_small(path: Path) -> bool:
+    """A file compaction merges: one flush of the queued writer, or one library call's records.
+    Merged files are not merged again (each compaction would rewrite the whole day), nor are
+    keyed files of batch chunks and stream messages (a later write of their key replaces them)."""
+    name = path.name
+    if name.startswith(_MERGED):
+        return False
     # Files written before keyed names existed are named by a timestamp: queued-writer files too.
-    return path.name.startswith(AUTO_PREFIX) or path.name[:1].isdigit()
+    return name.startswith((AUTO_PREFIX, LIBRARY_PREFIX)) or name[:1].isdigit()
+
+
+def _merge_files(day: Path, group: list[Path]) -> None:
+    """Stream ``group`` (one schema) into one file, one input at a time (memory holds one
+    flush, not a day), make it durable, put it in place, then remove the inputs."""
+    import pyarrow.parquet as pq
+
+    name = auto_name().replace(AUTO_PREFIX, _MERGED, 1)
+    tmp = day / f".{name}.parquet.tmp"
+    schema = pq.read_schema(group[0])
+    meta = {**(schema.metadata or {}), _REPLACED: ",".join(f.name for f in group).encode()}
+    stats = [c for c in ("time", "version") if c in schema.names]
+    with pq.ParquetWriter(
+        tmp, schema.with_metadata(meta), compression="zstd", write_statistics=stats
+    ) as out:
+        for f in group:
+            out.write_table(pq.read_table(f, schema=schema))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.rename(day / f"{name}.parquet")
+    _fsync_folder(day)  # the rename is on disk before any input goes
+    for f in group:
+        f.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _filters(version: int | None, since: datetime | None, until: datetime | None) -> Iterator[Any]:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("berth.records")
 
 AUTO_PREFIX = "auto-"
+LIBRARY_PREFIX = "library-"
+"""Keyed files of library calls: one per call, unique, so compaction may merge them."""
 _STOP = object()
 
 
@@ -94,11 +96,19 @@ class QueuedRecordWriter:
         self.written = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stop_compacting = threading.Event()
 
     def start(self) -> None:
-        if self._thread is None:
+        with self._lock:
+            if self._thread is not None:
+                return
             self._thread = threading.Thread(target=self._run, name="berth-records", daemon=True)
             self._thread.start()
+            if self.limits.compact_interval_s:
+                self._stop_compacting.clear()
+                threading.Thread(
+                    target=self._compact_forever, name="berth-records-compact", daemon=True
+                ).start()
 
     def record(self, batch: RecordBatch) -> bool:
         """Queue a batch; False (and counted) when the queue is full. Never blocks."""
@@ -114,8 +124,10 @@ class QueuedRecordWriter:
         return self._queue.qsize()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything queued, then stop the thread."""
-        thread, self._thread = self._thread, None
+        """Write everything queued, then stop the threads."""
+        self._stop_compacting.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
         if thread is None or not thread.is_alive():
             self.flush_now()
             return
@@ -125,6 +137,8 @@ class QueuedRecordWriter:
             log.error("the record writer is stuck; %d batches were not written", self.depth)
             return
         thread.join(timeout)
+        if thread.is_alive():
+            log.error("the record writer did not finish in %.0f s; records may be lost", timeout)
 
     def flush_now(self) -> None:
         """Write what is queued from the calling thread (tests, shutdown)."""
@@ -145,7 +159,6 @@ class QueuedRecordWriter:
     def _run(self) -> None:
         pending: list[RecordBatch] = []
         deadline = time.monotonic() + self.limits.flush_interval_s
-        compact_at = time.monotonic() + (self.limits.compact_interval_s or 0.0)
         while True:
             timeout = max(0.0, deadline - time.monotonic())
             try:
@@ -161,37 +174,35 @@ class QueuedRecordWriter:
                 self._write_safely(pending)
                 pending = []
                 deadline = time.monotonic() + self.limits.flush_interval_s
-                if self.limits.compact_interval_s and time.monotonic() >= compact_at:
-                    self._compact_safely()
-                    compact_at = time.monotonic() + self.limits.compact_interval_s
 
-    def _compact_safely(self) -> None:
+    def _compact_forever(self) -> None:
+        """In a thread of its own, so that writing never waits for a compaction."""
         from berth.runtime.record_reader import RecordReader
 
-        try:
-            RecordReader(self.root).compact(older_than_s=2 * self.limits.flush_interval_s)
-        except Exception:  # compaction is housekeeping: never the writer's end
-            log.exception("compacting prediction records failed")
+        interval = self.limits.compact_interval_s or 0.0
+        while not self._stop_compacting.wait(interval):
+            try:
+                RecordReader(self.root).compact(older_than_s=2 * self.limits.flush_interval_s)
+            except Exception:  # housekeeping: never the end of the writer
+                log.exception("compacting prediction records failed")
 
     def _write_safely(self, batches: list[RecordBatch]) -> None:
         """A failed write (disk full, permissions) loses those records, counted as dropped, and
         never the writer thread: predictions go on and later writes may succeed."""
-        try:
-            self._write(batches)
-        except Exception:
-            rows = sum(b.rows for b in batches)
-            log.exception("writing %d prediction records failed", rows)
-            self._count_dropped(rows)
-
-    def _write(self, batches: list[RecordBatch]) -> None:
         groups: dict[tuple[str, int, str, tuple[str, ...]], list[RecordBatch]] = {}
         for b in batches:
             # Same version, day and columns (a policy may have dropped some) share a file.
             key = (b.model, b.version, day_of(b.at), tuple(b.inputs))
             groups.setdefault(key, []).append(b)
         for (model, _version, day, _), group in groups.items():
-            table = to_table(group)
-            write_parquet(table, self.root / f"model={model}" / f"date={day}", auto_name())
+            try:
+                table = to_table(group)
+                write_parquet(table, self.root / f"model={model}" / f"date={day}", auto_name())
+            except Exception:
+                rows = sum(b.rows for b in group)
+                log.exception("writing %d prediction records failed", rows)
+                self._count_dropped(rows)
+                continue
             with self._lock:
                 self.written += table.num_rows
 

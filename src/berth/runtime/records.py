@@ -169,7 +169,7 @@ class RecordProducer:
             latency_ms=latency_ms,
             unit_id=context.unit_id,
             request_id=context.request_id,
-            deployment=target.deployment,
+            deployment=target.deployment or context.deployment,
             variant=target.variant,
             source_id=context.source_id,
         )

@@ -140,19 +140,21 @@ class Resolver:
 
     def route(self, name: str, alias: str, version: int) -> None:
         """Point one alias in memory (the pool does it once the version is loaded)."""
-        self._aliases.setdefault(name, {})[alias] = version
-
-    def unroute(self, name: str, alias: str) -> None:
-        self._aliases.get(name, {}).pop(alias, None)
+        self._publish(name, {**self._aliases.get(name, {}), alias: version})
 
     def routes(self) -> dict[tuple[str, str], int]:
         """Every alias known in memory: ``(model, alias) -> version``."""
         return {(n, a): v for n, table in self._aliases.items() for a, v in table.items()}
 
     def forget(self) -> None:
-        self._aliases.clear()
-        self._latest.clear()
-        self._known.clear()
+        self._aliases = {}
+        self._latest = {}
+        self._known = set()
+
+    def _publish(self, name: str, table: dict[str, int]) -> None:
+        # Copy on write: a published table is never changed in place, so the event loop may
+        # iterate it while a lookup in a worker thread teaches memory something new.
+        self._aliases = {**self._aliases, name: table}
 
     def _learn(self, reference: Reference, info: VersionInfo) -> None:
         """Remember what the registry said. Aliases are learnt only into a model's table that a
@@ -161,7 +163,8 @@ class Resolver:
         table = self._aliases.get(info.model)
         if reference.alias not in (None, LATEST):
             if table is not None:
-                table[str(reference.alias)] = info.version
-        elif reference.version is None and DEFAULT_ALIAS not in info.aliases:
-            # The newest version (a bare name without production also means it).
+                self._publish(info.model, {**table, str(reference.alias): info.version})
+        elif reference.version is None and (
+            reference.alias == LATEST or DEFAULT_ALIAS not in info.aliases
+        ):  # the newest version (a bare name without production also means it)
             self._latest[info.model] = (info.version, time.monotonic() + self.latest_ttl_s)
