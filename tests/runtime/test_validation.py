@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from berth.errors import InvalidInputError, SchemaError
-from berth.registry.signature import Feature, Signature
+from berth.registry.signature import Feature, Signature, infer_signature
 from berth.runtime.validation import check_columns, validate
 
 
@@ -613,3 +613,24 @@ def test_a_null_in_an_arrow_dictionary_column_is_a_missing_value() -> None:
     assert checked.bad_rows.tolist() == [1]
     assert checked.reasons == ["feature 'plan' has a missing value"]
     assert checked.frame["plan"].tolist() == ["basic", "pro"]
+
+
+def test_a_frame_of_one_numeric_dtype_is_one_block_and_owns_its_data() -> None:
+    """Many float features arrive as one 2-D block (cheap to build for every request); the
+    frame is the same as a column-by-column one, and writing into it touches neither the
+    caller's arrays nor the validated columns the records keep."""
+    from berth.runtime.validation import validate_columns
+
+    names = [f"f{i}" for i in range(30)]
+    sig = infer_signature(pd.DataFrame({n: [0.5, 1.5] for n in names}))
+    given = {n: np.array([float(i), float(i) + 0.5]) for i, n in enumerate(names)}
+    frame, columns = validate_columns(sig, given)
+    expected = pd.DataFrame({n: given[n].copy() for n in names})
+    pd.testing.assert_frame_equal(frame, expected)
+    assert len(frame._mgr.blocks) == 1
+    frame.iloc[0, 0] = -1.0
+    assert given["f0"][0] == 0.0
+    assert columns["f0"][0] == 0.0
+    mixed = infer_signature(pd.DataFrame({"a": [0.5], "n": [1]}))
+    frame, _ = validate_columns(mixed, {"a": np.array([0.5]), "n": np.array([2])})
+    assert dict(frame.dtypes.astype(str)) == {"a": "float64", "n": "int64"}

@@ -7,6 +7,7 @@ owns its arrays: a predictor may write into it without touching the caller's dat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,14 @@ def _subset(values: Any, index: npt.NDArray[np.intp]) -> Any:
 
 
 def _frame(columns: dict[str, Array], rows: int) -> pd.DataFrame:
+    arrays = list(columns.values())
+    if len(arrays) > 1 and _one_numeric_dtype(arrays):
+        # One 2-D block: pandas builds it without splitting and consolidating a block per column
+        # (30 float features, one row: 14 us against 121 us, on every request of such a model).
+        block = np.column_stack(arrays) if rows else np.empty((0, len(arrays)), arrays[0].dtype)
+        return pd.DataFrame(
+            block, columns=_labels(tuple(columns)), index=pd.RangeIndex(rows), copy=False
+        )
     # Object columns stay objects: pandas would otherwise convert strings to its Arrow string
     # dtype, which costs more than validating them and makes scikit-learn's encoders slower.
     return pd.DataFrame(
@@ -144,6 +153,18 @@ def _frame(columns: dict[str, Array], rows: int) -> pd.DataFrame:
         index=pd.RangeIndex(rows),
         copy=False,
     )
+
+
+def _one_numeric_dtype(arrays: list[Array]) -> bool:
+    first = arrays[0].dtype
+    return first.kind in "biuf" and all(a.dtype == first for a in arrays)
+
+
+@functools.lru_cache(maxsize=256)
+def _labels(names: tuple[str, ...]) -> pd.Index:
+    """The column index of a signature's frame, built once (an Index of 30 names costs more
+    than the block it labels)."""
+    return pd.Index(names)
 
 
 def _is_arrow(data: object) -> bool:
