@@ -15,8 +15,10 @@ calling thread, or a :class:`Backend` such as Ray workers).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -372,9 +374,29 @@ class LocalBackend:
         return [model.predict_validated(frame) for frame in frames]
 
 
+class _IdSource:
+    """32 hex digits: 64 random bits drawn once per process, then a counter. Unique across
+    processes and restarts like a UUID4, without a uuid4 (an urandom system call) per request:
+    that was 5% of the event loop's time at 16 connections."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():  # a forked child must not repeat its parent's ids
+            self._pid, self._prefix = os.getpid(), secrets.token_hex(8)
+            self._counter = itertools.count()
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_IDS = _IdSource()
+
+
 def new_prediction_ids(rows: int) -> list[str]:
-    """Unique ids, cheap for big batches: one random base per call plus the row number."""
-    base = uuid.uuid4().hex
+    """Unique ids, cheap for big batches: one base per call plus the row number."""
+    base = _IDS.next()
     if rows == 1:
         return [base]
     return [f"{base}-{i}" for i in range(rows)]
