@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,20 @@ class Flavor(abc.ABC):
                 return importlib.import_module(module)
         except ImportError as exc:
             raise MissingExtraError(module, self.extra, f"the {self.name} flavor") from exc
+
+
+class TextFlavor(Flavor):
+    """A flavor of text models: they take one text feature, gain several-fold from batches, and
+    run on torch, whose thread pool is process-wide."""
+
+    modality = "text"
+    batching = TEXT_BATCHING
+
+    def configure_thread(self, limits: ThreadLimits) -> None:
+        """torch's pool is process-wide: the cores divided by the server's workers."""
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(limits.torch())
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from berth.config import ThreadLimits
 from berth.errors import InvalidInputError, UntrustedArtifactError
 from berth.flavors import text_encoder
-from berth.flavors.base import TEXT_BATCHING, Flavor, classifier_outputs
+from berth.flavors.base import Flavor, TextFlavor, classifier_outputs
 from berth.flavors.linear_head import LinearHead
 from berth.flavors.sklearn import import_skops
 from berth.registry.profile import Embedder
@@ -59,17 +57,9 @@ class SentenceClassifier:
         return np.asarray(self.head.classes_)[best]  # type: ignore[no-any-return]
 
 
-class SentenceTransformersFlavor(Flavor):
+class SentenceTransformersFlavor(TextFlavor):
     name = "sentence_transformers"
     extra = "text"
-    modality = "text"
-    batching = TEXT_BATCHING
-
-    def configure_thread(self, limits: ThreadLimits) -> None:
-        """torch's pool is process-wide: the cores divided by the server's workers."""
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(limits.torch())
 
     packages = ("sentence-transformers", "transformers", "torch", "tokenizers")
 

@@ -7,7 +7,6 @@ casting to float64 would only pretend to more.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -18,9 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from berth.config import ThreadLimits
 from berth.errors import InvalidInputError, UntrustedArtifactError
-from berth.flavors.base import TEXT_BATCHING, Flavor, classifier_outputs
+from berth.flavors.base import Flavor, TextFlavor, classifier_outputs
 from berth.registry.profile import Embedder
 from berth.registry.signature import TEXT_INPUT, Output, Signature
 from berth.types import Outputs, Predictor
@@ -81,17 +79,9 @@ class TextClassifier:
         )
 
 
-class TransformersFlavor(Flavor):
+class TransformersFlavor(TextFlavor):
     name = "transformers"
     extra = "text"
-    modality = "text"
-    batching = TEXT_BATCHING
-
-    def configure_thread(self, limits: ThreadLimits) -> None:
-        """torch's pool is process-wide: the cores divided by the server's workers."""
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(limits.torch())
 
     packages = ("transformers", "torch", "tokenizers", "safetensors")
 

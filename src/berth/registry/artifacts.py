@@ -65,7 +65,7 @@ class ArtifactStore:
         digest = hashlib.sha256(manifest).hexdigest()
         (stage / MANIFEST).write_bytes(manifest)
         for rel in [*files, MANIFEST]:
-            _fsync(stage / rel)
+            fsync_path(stage / rel)
         size = sum(int(str(f["size"])) for f in files.values())
         target = self.path(digest)
         if target.is_dir():
@@ -78,7 +78,7 @@ class ArtifactStore:
             # Another writer stored the same content first: theirs is as good as ours.
             if not target.is_dir():
                 raise
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
         return StoredArtifact(digest, target, size)
 
     def verify(self, digest: str, *, label: str | None = None) -> Path:
@@ -162,7 +162,8 @@ def _describe(path: Path) -> dict[str, object]:
     return {"sha256": digest.hexdigest(), "size": size}
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a written file (or a folder's entries) durable before anything depends on it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -170,6 +171,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_folder(path: Path) -> None:
+    """A folder's entries (a rename into it) on disk; where a file system cannot, as good as
+    it gets."""
     with contextlib.suppress(OSError):
-        _fsync(path)
+        fsync_path(path)

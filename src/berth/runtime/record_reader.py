@@ -16,7 +16,6 @@ A scan that loses a file to a compaction under way starts again.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from berth.errors import InvalidInputError
+from berth.registry.artifacts import fsync_folder, fsync_path
 from berth.runtime.record_writers import AUTO_PREFIX, LIBRARY_PREFIX, auto_name
 
 if TYPE_CHECKING:
@@ -210,20 +210,11 @@ def _merge_files(day: Path, group: list[Path]) -> None:
     ) as out:
         for f in group:
             out.write_table(pq.read_table(f, schema=schema))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_path(tmp)
     tmp.rename(day / f"{name}.parquet")
-    _fsync_folder(day)  # the rename is on disk before any input goes
+    fsync_folder(day)  # the rename is on disk before any input goes
     for f in group:
         f.unlink(missing_ok=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _filters(version: int | None, since: datetime | None, until: datetime | None) -> Iterator[Any]:
