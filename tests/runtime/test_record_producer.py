@@ -235,3 +235,34 @@ def test_a_redelivered_message_replaces_its_records_on_the_async_face(client: Be
     table = RecordReader(root).read("st")
     assert table.num_rows == 3
     assert set(table.column("source_id").to_pylist()) == {"7"}
+
+
+def test_inputs_of_one_numeric_dtype_are_recorded_as_one_block(client: Berth) -> None:
+    """The frame's block goes to the records as it is; each feature still reads back as its
+    own column, whether one request or many share a file."""
+    from berth.runtime.records import InputBlock
+
+    frame = pd.DataFrame({f"f{i}": np.arange(4, dtype=np.float64) + i for i in range(5)})
+    client.register(SumModel(), "blocky", training_data=frame, trusted=True)
+    path = client.path
+    target = path.resolve_sync("blocky")
+    validated = path.validate(target, frame)
+    assert isinstance(validated.record_inputs, InputBlock)
+    assert validated.record_inputs["f3"].tolist() == frame["f3"].tolist()
+    root = client.settings.resolved_records_root()
+    writer = QueuedRecordWriter(root, RecorderLimits(compact_interval_s=None))
+    for i in range(3):  # three requests in one file
+        writer.record(
+            RecordBatch(
+                model="blocky",
+                version=1,
+                mode="realtime",
+                prediction_ids=[f"r{i}-{j}" for j in range(4)],
+                inputs=path.validate(target, frame + i).record_inputs,
+                outputs={"prediction": np.zeros(4)},
+                latency_ms=1.0,
+            )
+        )
+    writer.flush_now()
+    table = RecordReader(root).read("blocky")
+    assert table.column("in.f2").to_pylist() == [v + i for i in range(3) for v in frame["f2"]]

@@ -19,7 +19,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -31,8 +31,9 @@ from berth.errors import InvalidInputError
 from berth.registry.references import Reference, parse_reference
 from berth.runtime.envelope import NO_CONTEXT, RequestContext
 from berth.runtime.pool import LoadState, ModelPool
+from berth.runtime.records import InputBlock
 from berth.runtime.routing import Choice, Resolver, Target, TrafficStrategy
-from berth.runtime.validation import check_columns, validate_columns
+from berth.runtime.validation import check_columns, one_numeric_dtype, validate_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +56,7 @@ class Validated:
     ``bad_rows="refuse"``) the rows refused with their reasons."""
 
     frame: pd.DataFrame
-    record_inputs: Columns
+    record_inputs: Mapping[str, Any]
     """The validated inputs as the records keep them."""
     rows_in: int
     kept: np.ndarray[Any, Any] | None
@@ -217,14 +218,14 @@ class InferencePath:
         signature = target.info.signature
         if bad_rows == "raise":
             frame, columns = validate_columns(signature, inputs)
-            record = _record_inputs(signature, inputs, columns, None)
+            record = _record_inputs(signature, inputs, columns, None, frame)
             return Validated(frame, record, len(frame), None, _NONE, [])
         if bad_rows != "refuse":
             raise InvalidInputError(f"bad_rows must be 'raise' or 'refuse', not {bad_rows!r}")
         checked = check_columns(signature, inputs)
         rows_in = len(checked.kept) + len(checked.bad_rows)
         kept = None if len(checked.kept) == rows_in else checked.kept
-        record = _record_inputs(signature, inputs, checked.columns, kept)
+        record = _record_inputs(signature, inputs, checked.columns, kept, checked.frame)
         return Validated(checked.frame, record, rows_in, kept, checked.bad_rows, checked.reasons)
 
     async def run(
@@ -417,13 +418,21 @@ def _kept(ids: Sequence[str] | pa.Array, validated: Validated) -> Sequence[str] 
 
 
 def _record_inputs(
-    signature: Any, inputs: Any, columns: Columns, kept: np.ndarray[Any, Any] | None
-) -> Columns:
-    """The validated inputs for the records. Text columns of an Arrow input go as the Arrow
-    arrays they came in (validation does not change a string): making Arrow strings again from
-    Python ones would hold the GIL that prediction needs."""
+    signature: Any,
+    inputs: Any,
+    columns: Columns,
+    kept: np.ndarray[Any, Any] | None,
+    frame: pd.DataFrame,
+) -> Mapping[str, Any]:
+    """The validated inputs for the records. Columns of one numeric dtype go as the frame's one
+    block (see ``InputBlock``). Text columns of an Arrow input go as the Arrow arrays they came
+    in (validation does not change a string): making Arrow strings again from Python ones would
+    hold the GIL that prediction needs."""
     import sys
 
+    arrays = list(columns.values())
+    if len(arrays) > 1 and one_numeric_dtype(arrays):
+        return InputBlock(tuple(columns), frame.to_numpy())
     pa = sys.modules.get("pyarrow")
     if pa is None or not isinstance(inputs, pa.Table):
         return columns
