@@ -298,3 +298,68 @@ def test_the_batcher_uses_the_adapted_window(executor: ThreadPoolExecutor) -> No
 def test_batching_config_defaults() -> None:
     assert not BatchingConfig().enabled
     assert BatchingConfig(max_batch_size=2).enabled
+
+
+# -- nobody else can come --------------------------------------------------------------------
+
+
+class Outstanding:
+    """What the path tells a batcher: requests entered and not answered yet."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
+def test_a_batch_goes_at_once_when_every_outstanding_request_is_queued(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Issue 9: with a long window and N clients, waiting for a batch N clients can never
+    grow cost the window on every call. Here the window is 60 s: the test's 10 s bound fails
+    it if the batcher waits."""
+    fake = FakePredictor()
+    outstanding = Outstanding()
+    config = BatchingConfig(max_batch_size=64, max_latency_ms=60_000)
+    batcher = MicroBatcher(fake, config, executor, outstanding=outstanding)
+
+    async def client(i: int, rounds: int) -> list[float]:
+        got = []
+        for r in range(rounds):
+            outstanding.count += 1
+            try:
+                out = await batcher.submit(rows(100.0 * i + r))
+            finally:
+                outstanding.count -= 1
+            got += out["double"].tolist()
+        return got
+
+    async def go() -> list[list[float]]:
+        return await asyncio.gather(*(client(i, 5) for i in range(4)))
+
+    results = run(go())
+    assert isinstance(results, list)
+    assert results == [[2.0 * (100.0 * i + r) for r in range(5)] for i in range(4)]
+    assert sum(fake.sizes) == 20
+    assert max(fake.sizes) <= 4
+
+
+def test_a_batch_waits_while_another_request_is_on_its_way(executor: ThreadPoolExecutor) -> None:
+    """One request is outstanding but not queued yet (being decoded): the window holds the
+    queued one until it comes, and both go together."""
+    fake = FakePredictor()
+    outstanding = Outstanding()
+    config = BatchingConfig(max_batch_size=64, max_latency_ms=60_000)
+    batcher = MicroBatcher(fake, config, executor, outstanding=outstanding)
+
+    async def go() -> None:
+        outstanding.count = 2
+        first = asyncio.ensure_future(batcher.submit(rows(1.0)))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # the other one is still on its way
+        await batcher.submit(rows(2.0))
+        await first
+
+    run(go())
+    assert fake.sizes == [2]

@@ -61,8 +61,13 @@ class MicroBatcher:
         config: BatchingConfig,
         executor: Executor,
         on_batch: Callable[[int], None] | None = None,
+        outstanding: Callable[[], int] | None = None,
     ) -> None:
+        """``outstanding`` counts the requests for this version that have entered the path and
+        are not answered yet: when every one of them is already queued, waiting cannot grow the
+        batch (a client with N connections has at most N requests out) and it goes at once."""
         self.predict = predict
+        self._outstanding = outstanding
         self.config = config
         self.executor = executor
         self.latency = LatencyWindow(config)
@@ -109,12 +114,19 @@ class MicroBatcher:
                 self._busy = False
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait for company until the batch is full or the window closes."""
+        """Wait for company until the batch is full, the window closes, or nobody else can
+        come (every outstanding request is queued)."""
         assert self._wake is not None
         deadline = loop.time() + self.latency.window_ms / 1000.0
+        if self._outstanding is not None and deadline > loop.time():
+            # Let the requests just answered finish first: until they do, they still count
+            # as outstanding.
+            await asyncio.sleep(0)
         while self._rows() < self.config.max_batch_size:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                return
+            if self._outstanding is not None and self._outstanding() <= len(self._queue):
                 return
             self._wake.clear()
             try:

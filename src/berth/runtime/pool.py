@@ -242,7 +242,13 @@ class ModelPool:
             if self.metrics is not None:
                 histogram = self.metrics.batch_size.labels(info.model, str(info.version))
                 on_batch = histogram.observe
-            served.batcher = MicroBatcher(loaded.predict_validated, batching, executor, on_batch)
+            served.batcher = MicroBatcher(
+                loaded.predict_validated,
+                batching,
+                executor,
+                on_batch,
+                outstanding=lambda: served.inflight,
+            )
         return served
 
     # -- following alias moves -----------------------------------------------------------------
