@@ -617,20 +617,67 @@ def test_a_null_in_an_arrow_dictionary_column_is_a_missing_value() -> None:
 
 def test_a_frame_of_one_numeric_dtype_is_one_block_and_owns_its_data() -> None:
     """Many float features arrive as one 2-D block (cheap to build for every request); the
-    frame is the same as a column-by-column one, and writing into it touches neither the
-    caller's arrays nor the validated columns the records keep."""
+    frame is the same as a column-by-column one, and writing into it does not touch the
+    caller's arrays."""
     from berth.runtime.validation import validate_columns
 
     names = [f"f{i}" for i in range(30)]
     sig = infer_signature(pd.DataFrame({n: [0.5, 1.5] for n in names}))
     given = {n: np.array([float(i), float(i) + 0.5]) for i, n in enumerate(names)}
-    frame, columns = validate_columns(sig, given)
+    frame, _ = validate_columns(sig, given)
     expected = pd.DataFrame({n: given[n].copy() for n in names})
     pd.testing.assert_frame_equal(frame, expected)
     assert len(frame._mgr.blocks) == 1
     frame.iloc[0, 0] = -1.0
     assert given["f0"][0] == 0.0
-    assert columns["f0"][0] == 0.0
     mixed = infer_signature(pd.DataFrame({"a": [0.5], "n": [1]}))
     frame, _ = validate_columns(mixed, {"a": np.array([0.5]), "n": np.array([2])})
     assert dict(frame.dtypes.astype(str)) == {"a": "float64", "n": "int64"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(
+        st.lists(
+            st.one_of(
+                st.floats(-10, 10),
+                st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e6]),
+                st.integers(-5, 5),
+            ),
+            min_size=3,
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    nullable=st.lists(st.booleans(), min_size=3, max_size=3),
+)
+def test_float_features_checked_as_a_block_answer_as_feature_by_feature(
+    values: list[list[float]], nullable: list[bool]
+) -> None:
+    """The one-block check of all-float64 signatures accepts exactly what the per-feature checks
+    accept, gives the same frame, and leaves every refusal (with its message) to them."""
+    from berth.runtime.validation import validate_columns
+
+    features = tuple(
+        Feature(name=f"f{i}", dtype="float64", nullable=nullable[i], maximum=100.0)
+        for i in range(3)
+    )
+    sig = Signature(kind="tabular", inputs=features)
+    columns = {f"f{i}": np.array([row[i] for row in values]) for i in range(3)}
+    from unittest import mock
+
+    from berth.runtime import validation
+
+    def slow() -> Any:
+        with mock.patch.object(validation, "_float_block", return_value=None):
+            return validate_columns(sig, {k: v.copy() for k, v in columns.items()})
+
+    try:
+        expected, _ = slow()
+    except SchemaError as exc:
+        with pytest.raises(SchemaError, match=re.escape(str(exc))):
+            validate_columns(sig, columns)
+        return
+    frame, _ = validate_columns(sig, columns)
+    pd.testing.assert_frame_equal(frame, expected, check_dtype=True)

@@ -424,15 +424,16 @@ def _record_inputs(
     kept: np.ndarray[Any, Any] | None,
     frame: pd.DataFrame,
 ) -> Mapping[str, Any]:
-    """The validated inputs for the records. Columns of one numeric dtype go as the frame's one
-    block (see ``InputBlock``). Text columns of an Arrow input go as the Arrow arrays they came
-    in (validation does not change a string): making Arrow strings again from Python ones would
-    hold the GIL that prediction needs."""
+    """The validated inputs for the records. Columns of one numeric dtype go as a copy of the
+    frame's one block (see ``InputBlock``). Text columns of an Arrow input go as the Arrow
+    arrays they came in (validation does not change a string): making Arrow strings again from
+    Python ones would hold the GIL that prediction needs."""
     import sys
 
     arrays = list(columns.values())
     if len(arrays) > 1 and one_numeric_dtype(arrays):
-        return InputBlock(tuple(columns), frame.to_numpy())
+        # A copy taken before the prediction: a predictor may write into its frame.
+        return InputBlock(tuple(columns), frame.to_numpy().copy())
     pa = sys.modules.get("pyarrow")
     if pa is None or not isinstance(inputs, pa.Table):
         return columns

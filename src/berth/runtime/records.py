@@ -73,9 +73,10 @@ def record_schema() -> pa.Schema:
 
 class InputBlock(Mapping[str, Any]):
     """Validated inputs of one numeric dtype as one 2-D array (rows x features), as the
-    validated frame already holds them: recording them copies nothing, and the writer joins
-    thousands of requests with one concatenate instead of one per feature (per-feature joins held
-    the GIL long enough to show in the server's p99). Reads as a mapping of columns."""
+    validated frame holds them (one copy of one block, taken before the prediction): the writer
+    joins thousands of requests with one concatenate instead of one per feature (per-feature
+    joins held the GIL long enough to show in the server's p99). Reads as a mapping of
+    columns."""
 
     __slots__ = ("array", "names")
 

@@ -43,6 +43,9 @@ def validate_columns(signature: Signature, data: Batch) -> tuple[pd.DataFrame, d
     raises :class:`SchemaError`, naming the feature and the row.
     """
     rows, array = _prepare(signature, data)
+    fast = _float_block(signature, array, rows)
+    if fast is not None:
+        return fast
     allow_unknown = signature.unknown_categories == "allow"
     columns: dict[str, Array] = {}
     for feature in signature.inputs:
@@ -153,6 +156,62 @@ def _frame(columns: dict[str, Array], rows: int) -> pd.DataFrame:
         index=pd.RangeIndex(rows),
         copy=False,
     )
+
+
+@dataclass(frozen=True)
+class _FloatPlan:
+    """What checking a signature of float64 features takes, as vectors over the features."""
+
+    names: tuple[str, ...]
+    required: npt.NDArray[np.bool_]
+    """Features that may not be missing."""
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    bounded: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _float_plan(signature: Signature) -> _FloatPlan | None:
+    features = signature.inputs
+    if len(features) < 2 or any(f.dtype != "float64" for f in features):
+        return None
+    lo = np.array([-np.inf if f.minimum is None else f.minimum for f in features])
+    hi = np.array([np.inf if f.maximum is None else f.maximum for f in features])
+    return _FloatPlan(
+        names=tuple(f.name for f in features),
+        required=np.array([not f.nullable for f in features]),
+        lo=lo,
+        hi=hi,
+        bounded=bool(np.isfinite(lo).any() or np.isfinite(hi).any()),
+    )
+
+
+def _float_block(
+    signature: Signature, array: Callable[[str], Array], rows: int
+) -> tuple[pd.DataFrame, dict[str, Array]] | None:
+    """Features that are all float64 and numbers that are all fine, checked as one block in a
+    few vector operations (30 features one by one cost about 0.1 ms a request). Anything
+    unusual (a missing value where none may be, an infinity, a value out of range, a value that
+    is not a number, an Arrow column) returns None: the feature-by-feature checks then find and
+    name the first problem exactly as always."""
+    plan = _float_plan(signature)
+    if plan is None:
+        return None
+    arrays = [array(name) for name in plan.names]
+    if not all(isinstance(a, np.ndarray) and a.dtype.kind in "iuf" for a in arrays):
+        return None
+    block = (
+        np.column_stack(arrays).astype(np.float64, copy=False)
+        if rows
+        else np.empty((0, len(arrays)))
+    )
+    finite = np.isfinite(block)
+    if not finite.all() and (np.isinf(block).any() or (~finite)[:, plan.required].any()):
+        return None
+    if plan.bounded and ((block < plan.lo) | (block > plan.hi)).any():
+        return None
+    frame = pd.DataFrame(block, columns=_labels(plan.names), index=pd.RangeIndex(rows), copy=False)
+    return frame, {name: block[:, j] for j, name in enumerate(plan.names)}
 
 
 def one_numeric_dtype(arrays: list[Array]) -> bool:
