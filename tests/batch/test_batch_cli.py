@@ -245,7 +245,7 @@ def test_the_terminal_bar_shows_rows_rate_and_errors() -> None:
     from rich.console import Console
 
     from berth.batch.specs import JobSpec
-    from berth.cli import batch as batch_cli
+    from berth.cli import progress as batch_cli
 
     screen = io.StringIO()
     bar = batch_cli.BarProgress(Console(file=screen, force_terminal=True, width=120))
