@@ -1,15 +1,17 @@
 """Checking a batch against a signature: every problem names the feature and the first bad row.
 
-Checks are per column and vectorised, so their cost does not grow with a Python loop over rows
-(the exceptions are object columns, where each value's type must be looked at). The returned batch
-owns its arrays: a predictor may write into it without touching the caller's data.
+This module holds the batch's side (its shape, the frame a predictor gets, failing fast or
+setting bad rows aside); ``columns`` holds each feature's checks. Checks are per column and
+vectorised, so their cost does not grow with a Python loop over rows (the exceptions are object
+columns, where each value's type must be looked at). The returned batch owns its arrays: a
+predictor may write into it without touching the caller's data.
 """
 
 from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +20,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from berth.errors import SchemaError
-from berth.registry.signature import NUMERIC, Feature, Signature
-
-Array = npt.NDArray[Any]
-
+from berth.registry.signature import Feature, Signature
+from berth.runtime.columns import Array, Problems, check_column, describe, schema_error
 
 Batch = Any
 """A DataFrame, a mapping of column arrays (see ``codecs.Columns``), or a pyarrow Table or
@@ -50,11 +50,11 @@ def validate_columns(signature: Signature, data: Batch) -> tuple[pd.DataFrame, d
     allow_unknown = signature.unknown_categories == "allow"
     columns: dict[str, Array] = {}
     for feature in signature.inputs:
-        problems = _Problems(rows)
-        converted = _column(feature, array(feature.name), allow_unknown, problems)
+        problems = Problems(rows)
+        converted = check_column(feature, array(feature.name), allow_unknown, problems)
         if problems.found or converted is None:
             row, problem = problems.first()
-            raise _bad(feature, problem, row)
+            raise schema_error(feature, problem, row)
         columns[feature.name] = converted
     return _frame(columns, rows), columns
 
@@ -85,7 +85,7 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
     for feature in signature.inputs:  # in order: a row's reason is its first feature's problem
         converted, found = _all_problems(feature, array(feature.name), allow_unknown)
         for row, problem in found:
-            refused.setdefault(row, _describe(feature, problem))
+            refused.setdefault(row, describe(feature, problem))
         if converted is not None:
             columns[feature.name] = converted
     kept = np.arange(rows, dtype=np.intp)
@@ -97,10 +97,12 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
         kept = kept.astype(np.intp, copy=False)
         columns = {}
         for feature in signature.inputs:
-            again = _Problems(len(kept))
-            converted = _column(feature, _subset(array(feature.name), kept), allow_unknown, again)
+            again = Problems(len(kept))
+            converted = check_column(
+                feature, _subset(array(feature.name), kept), allow_unknown, again
+            )
             for row, problem in again.rows():
-                refused.setdefault(int(kept[row]), _describe(feature, problem))
+                refused.setdefault(int(kept[row]), describe(feature, problem))
             if converted is not None:
                 columns[feature.name] = converted
     if not len(kept):
@@ -124,9 +126,9 @@ def _all_problems(
     index = np.arange(len(values), dtype=np.intp)
     found: list[tuple[int, str]] = []
     while len(index):
-        problems = _Problems(len(index))
+        problems = Problems(len(index))
         subset = values if len(index) == len(values) else _subset(values, index)
-        converted = _column(feature, subset, allow_unknown, problems)
+        converted = check_column(feature, subset, allow_unknown, problems)
         if not problems.found:
             return (converted if not found else None), found
         found += [(int(index[row]), problem) for row, problem in problems.rows()]
@@ -300,254 +302,3 @@ def _prepare(signature: Signature, data: Batch) -> tuple[int, Callable[[str], Ar
             feature=unknown[0],
         )
     return rows, array
-
-
-Describe = Callable[[int], str]
-
-
-class _Problems:
-    """The rows one feature fails on, in the order the checks ran, each row with its first
-    problem. Checks add a mask of failing rows and how to describe one of them."""
-
-    def __init__(self, rows: int) -> None:
-        self.bad = np.zeros(rows, dtype=bool)
-        self.groups: list[tuple[npt.NDArray[np.bool_], Describe]] = []
-
-    def add(self, failing: npt.NDArray[np.bool_], describe: Describe) -> None:
-        new = failing & ~self.bad
-        if new.any():
-            self.bad |= new
-            self.groups.append((new, describe))
-
-    @property
-    def found(self) -> bool:
-        return bool(self.groups)
-
-    def first(self) -> tuple[int, str]:
-        failing, describe = self.groups[0]
-        row = int(np.flatnonzero(failing)[0])
-        return row, describe(row)
-
-    def rows(self) -> Iterator[tuple[int, str]]:
-        for failing, describe in self.groups:
-            for row in np.flatnonzero(failing).tolist():
-                yield row, describe(row)
-
-
-def _column(feature: Feature, values: Array, allow_unknown: bool, p: _Problems) -> Array | None:
-    """The converted column, or None when a value could not be converted (``p`` says which)."""
-    if not isinstance(values, np.ndarray):
-        return _arrow_column(feature, values, allow_unknown, p)
-    nulls = pd.isna(values) if values.dtype.kind in "fOUcmM" else None
-    if nulls is not None and not nulls.any():
-        nulls = None
-    if nulls is not None and not feature.nullable:
-        p.add(nulls, lambda _: "has a missing value")
-    if feature.dtype in NUMERIC:
-        converted = _numeric(feature, values, nulls, p)
-    elif feature.dtype == "bool":
-        converted = _bool(feature, values, nulls, p)
-    else:
-        converted = _string(feature, values, nulls, allow_unknown, p)
-    return None if p.found else converted
-
-
-def _arrow_column(feature: Feature, values: Any, allow_unknown: bool, p: _Problems) -> Array | None:
-    """An Arrow column: strings for a string feature are checked in Arrow (their type is known
-    from the schema, categories by a hash lookup); anything else goes on as numpy."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    kind = values.type
-    if pa.types.is_dictionary(kind):
-        # Decoded first: numpy conversion of a dictionary column turns a null into the last
-        # category (pandas' code -1), which would be scored as a real value.
-        values = values.cast(kind.value_type)
-        kind = values.type
-    if feature.dtype != "string" or not (
-        pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
-    ):
-        return _column(feature, values.to_numpy(zero_copy_only=False), allow_unknown, p)
-    nulls = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
-    if nulls is not None and not feature.nullable:
-        p.add(nulls, lambda _: "has a missing value")
-    if feature.categories is not None and not allow_unknown:
-        known = pc.is_in(values, value_set=pa.array(feature.categories, type=kind))
-        known = known.to_numpy(zero_copy_only=False)
-        if nulls is not None:
-            known |= nulls
-        allowed = ", ".join(feature.categories[:20])
-        p.add(
-            ~known,
-            lambda row: f"has unknown category {values[row].as_py()!r} (allowed: {allowed})",
-        )
-    return None if p.found else values.to_numpy(zero_copy_only=False)
-
-
-def _bool(
-    feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None, p: _Problems
-) -> Array | None:
-    if values.dtype.kind == "b":
-        return values
-    if values.dtype.kind != "O":
-        p.add(np.ones(len(values), dtype=bool), _type(feature, values))
-        return None
-    ok = _kinds(values, lambda v: isinstance(v, bool | np.bool_), clean="boolean")
-    if nulls is not None:
-        ok |= nulls
-    p.add(~ok, _type(feature, values))
-    if p.found:
-        return None
-    if nulls is not None:
-        out = values.astype(object)
-        out[nulls] = None
-        return out
-    return values.astype(bool)
-
-
-def _numeric(
-    feature: Feature, values: Array, nulls: npt.NDArray[np.bool_] | None, p: _Problems
-) -> Array | None:
-    target = np.dtype(feature.dtype)
-    if values.dtype.kind == "O":
-        objects = _numeric_objects(feature, values, nulls, target, p)
-        if objects is None:
-            return None
-        values = objects
-    elif values.dtype.kind not in "iuf":
-        p.add(np.ones(len(values), dtype=bool), _type(feature, values))
-        return None
-    if target.kind in "iu":
-        if nulls is not None:
-            target = np.dtype(np.float64)  # a missing integer travels as NaN
-        else:
-            _check_integers(feature, values, target, p)
-            if p.found:
-                return None
-    elif values.dtype.kind == "f" and target.itemsize < values.dtype.itemsize:
-        limit = float(np.finfo(target).max)
-        p.add(
-            np.isfinite(values) & (np.abs(values) > limit),
-            lambda row: f"value {values[row]!r} does not fit {feature.dtype}",
-        )
-        if p.found:
-            return None
-    converted = values.astype(target)
-    if converted.dtype.kind == "f":
-        p.add(
-            np.isinf(converted),
-            lambda row: f"has a non-finite value {_plain(converted[row])}",
-        )
-    if feature.minimum is not None or feature.maximum is not None:
-        lo = -np.inf if feature.minimum is None else feature.minimum
-        hi = np.inf if feature.maximum is None else feature.maximum
-        p.add(
-            (converted < lo) | (converted > hi),
-            lambda row: f"value {_plain(converted[row])} is outside [{lo}, {hi}]",
-        )
-    return converted
-
-
-def _numeric_objects(
-    feature: Feature,
-    values: Array,
-    nulls: npt.NDArray[np.bool_] | None,
-    target: np.dtype[Any],
-    p: _Problems,
-) -> Array | None:
-    """Object columns come from records with mixed types; Python ints keep full precision."""
-    inferred = pd.api.types.infer_dtype(values, skipna=True)
-    present = ~pd.isna(values)
-    none = np.zeros(len(values), dtype=bool)
-    if inferred == "integer":  # the common cases, answered in C (see _kinds)
-        is_int, is_float = present, none
-    elif inferred == "floating":
-        is_int, is_float = none, present
-    else:
-        is_int = _kinds(
-            values, lambda v: isinstance(v, int | np.integer) and not isinstance(v, bool)
-        )
-        is_float = _kinds(values, lambda v: isinstance(v, float | np.floating))
-    ok = is_int | is_float if nulls is None else is_int | is_float | nulls
-    p.add(~ok, _type(feature, values))
-    if p.found:
-        return None
-    if is_int.all() and target.kind in "iu":
-        info = np.iinfo(target)
-        p.add(
-            _kinds(values, lambda v: not info.min <= int(v) <= info.max),
-            lambda row: f"value {values[row]} does not fit {feature.dtype}",
-        )
-        return None if p.found else np.array(values.tolist(), dtype=target)
-    return np.array([np.nan if v is None else v for v in values.tolist()], dtype=np.float64)
-
-
-def _check_integers(feature: Feature, values: Array, target: np.dtype[Any], p: _Problems) -> None:
-    info = np.iinfo(target)
-    if values.dtype.kind == "f":
-        whole = np.isfinite(values) & (values == np.floor(values))
-        p.add(~whole, lambda row: f"expects {feature.dtype}, got {_plain(values[row])}")
-        # Bounds as exact powers of two: float(int64 max) rounds up to 2**63, which does not fit.
-        outside = (values < float(info.min)) | (values >= float(info.max) + 1.0)
-    else:
-        outside = (values < info.min) | (values > info.max)
-    p.add(outside, lambda row: f"value {_plain(values[row])} does not fit {feature.dtype}")
-
-
-def _string(
-    feature: Feature,
-    values: Array,
-    nulls: npt.NDArray[np.bool_] | None,
-    allow_unknown: bool,
-    p: _Problems,
-) -> Array | None:
-    if values.dtype.kind == "U":
-        values = values.astype(object)
-    elif values.dtype.kind != "O":
-        p.add(np.ones(len(values), dtype=bool), _type(feature, values))
-        return None
-    is_str = _kinds(values, lambda v: isinstance(v, str), clean="string")
-    p.add(~(is_str if nulls is None else is_str | nulls), _type(feature, values))
-    if p.found:
-        return None
-    if feature.categories is not None and not allow_unknown:
-        known = np.isin(values, np.asarray(feature.categories, dtype=object))
-        if nulls is not None:
-            known |= nulls
-        allowed = ", ".join(feature.categories[:20])
-        p.add(
-            ~known,
-            lambda row: f"has unknown category {values[row]!r} (allowed: {allowed})",
-        )
-    return values
-
-
-def _kinds(values: Array, test: Any, *, clean: str | None = None) -> npt.NDArray[np.bool_]:
-    """Which values pass ``test``. Given the ``clean`` kind, pandas' type inference (C, about
-    100x faster than a Python loop) answers for the common case, a column whose non-missing
-    values are all of that kind; the loop only runs for mixed columns."""
-    if clean is not None and pd.api.types.infer_dtype(values, skipna=True) == clean:
-        return ~pd.isna(values)  # type: ignore[no-any-return]
-    return np.fromiter((test(v) for v in values), dtype=bool, count=len(values))
-
-
-def _plain(value: Any) -> Any:
-    """Python scalars in messages: ``1.5``, not ``np.float64(1.5)``."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _type(feature: Feature, values: Array) -> Describe:
-    def describe(row: int) -> str:
-        value = _plain(values[row])
-        kind = "string" if isinstance(value, str) else type(value).__name__
-        return f"expects {feature.dtype}, got {kind} {value!r}"
-
-    return describe
-
-
-def _describe(feature: Feature, problem: str) -> str:
-    return f"feature {feature.name!r} {problem}"
-
-
-def _bad(feature: Feature, problem: str, row: int) -> SchemaError:
-    return SchemaError(f"{_describe(feature, problem)} at row {row}", feature=feature.name)
