@@ -190,6 +190,15 @@ class InferencePath:
             number = await asyncio.to_thread(self.resolver.number, reference)
         return reference, self.resolver.choose(reference, number, context)
 
+    async def describe(
+        self, ref: str | Reference, context: RequestContext = NO_CONTEXT
+    ) -> VersionInfo:
+        """The version that would answer, without loading it, as the registry has it now (its
+        aliases current): for metadata queries."""
+        reference, choice = await self.route(ref, context)
+        number = Reference(reference.name, version=choice.version)
+        return await asyncio.to_thread(self.resolver.lookup, number)
+
     def resolve_sync(self, ref: str | Reference, context: RequestContext = NO_CONTEXT) -> Target:
         """The version that answers, asking the registry (no model is loaded yet)."""
         reference = parse_reference(ref)

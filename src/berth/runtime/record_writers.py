@@ -99,6 +99,8 @@ class QueuedRecordWriter:
         self._stop_compacting = threading.Event()
 
     def start(self) -> None:
+        if self._thread is not None:  # called for every record: no lock once running
+            return
         with self._lock:
             if self._thread is not None:
                 return

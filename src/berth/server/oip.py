@@ -84,12 +84,11 @@ async def server_metadata() -> Response:
 
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
     path = _path(request)
-    reference, choice = await path.route(Reference.of(name, version))
-    model = reference.name
-    info = await asyncio.to_thread(path.registry.resolve, Reference(model, version=choice.version))
+    info = await path.describe(Reference.of(name, version))
+    model = info.model
     versions = [str(v.version) for v in await asyncio.to_thread(path.registry.list_versions, model)]
     body = oip.metadata(model, versions, info.signature, f"berth_{info.flavor}")
-    body["parameters"] = {"version": choice.version, "aliases": list(info.aliases)}
+    body["parameters"] = {"version": info.version, "aliases": list(info.aliases)}
     return json_response(body)
 
 
