@@ -138,3 +138,77 @@ def test_unknown_save_option_is_named(client: Berth, tabular) -> None:
     frame, y = tabular
     with pytest.raises(InvalidInputError, match=r"no save option 'bogus'; it takes: serializer"):
         client.register(_pipeline(frame, y), "p", training_data=frame, save_options={"bogus": 1})
+
+
+def _loaded(client: Berth, ref: str):
+    return client.load(ref).predictor
+
+
+def test_numeric_model_fitted_on_a_frame_is_called_with_its_array(client: Berth, tabular) -> None:
+    """The served estimator is an unnamed shallow copy: same answers, no per-call DataFrame
+    checks, no warning (the suite turns warnings into errors), the registered model untouched."""
+    frame, y = tabular
+    numeric = frame.drop(columns="colour")
+    model = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(numeric, y)
+    v = client.register(model, "hgb", training_data=numeric)
+    predictor = _loaded(client, v.ref)
+    assert predictor.as_frame is False
+    assert not hasattr(predictor.estimator, "feature_names_in_")
+    assert list(predictor.model.feature_names_in_) == ["f0", "f1", "f2", "f3"]
+    assert predictor.estimator._predictors is predictor.model._predictors  # trees shared
+    out = client.load(v.ref).predict(numeric)
+    np.testing.assert_array_equal(out["probabilities"], model.predict_proba(numeric))
+    np.testing.assert_array_equal(out["label"], model.predict(numeric))
+
+
+def test_a_pipeline_forgets_names_in_its_first_step_only(client: Berth, tabular) -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    frame, y = tabular
+    numeric = frame.drop(columns="colour")
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(numeric, y)
+    v = client.register(model, "scaled", training_data=numeric)
+    predictor = _loaded(client, v.ref)
+    assert predictor.as_frame is False
+    assert not hasattr(predictor.estimator, "feature_names_in_")
+    assert hasattr(model, "feature_names_in_")  # the caller's model is not changed
+    np.testing.assert_allclose(
+        client.load(v.ref).predict(numeric)["probabilities"], model.predict_proba(numeric)
+    )
+
+
+def test_models_that_may_need_names_keep_the_frame(client: Berth, tabular) -> None:
+    frame, y = tabular
+    v = client.register(_pipeline(frame, y), "pipe", training_data=frame)
+    assert _loaded(client, v.ref).as_frame is True  # a category column
+    numeric = frame.drop(columns="colour")
+    by_name = make_pipeline(
+        make_column_transformer(("passthrough", ["f0", "f1"]), remainder="drop"),
+        LogisticRegression(),
+    ).fit(numeric, y)
+    v = client.register(by_name, "picked", training_data=numeric)
+    assert _loaded(client, v.ref).as_frame is True  # a step selects columns by name
+    np.testing.assert_allclose(
+        client.load(v.ref).predict(numeric)["probabilities"], by_name.predict_proba(numeric)
+    )
+
+
+def test_array_form_needs_the_signatures_order_and_identical_answers(tabular) -> None:
+    from berth.flavors.sklearn import array_form
+    from berth.registry.signature import infer_signature
+
+    frame, y = tabular
+    numeric = frame.drop(columns="colour")
+    model = LogisticRegression().fit(numeric, y)
+    signature = infer_signature(numeric)
+    assert array_form(model, signature) is not None
+    reordered = infer_signature(numeric[["f3", "f2", "f1", "f0"]])
+    assert array_form(model, reordered) is None
+
+    class Liar(LogisticRegression):  # answers differently for arrays: the parity check sees it
+        def predict_proba(self, x):
+            proba = super().predict_proba(x)
+            return proba if isinstance(x, pd.DataFrame) else proba[:, ::-1]
+
+    liar = Liar().fit(numeric, y)
+    assert array_form(liar, signature) is None
