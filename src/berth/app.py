@@ -228,15 +228,18 @@ SERVE_OPTIONS_ENV = "BERTH_SERVE_OPTIONS"
 """JSON of :class:`ServeOptions`, handed to worker processes that uvicorn starts."""
 
 
-def build_path(client: Berth, options: PathOptions) -> InferencePath:
+def build_path(
+    client: Berth, options: PathOptions, *, metrics_folder: Path | None = None
+) -> InferencePath:
     """The inference path as a server or a stream consumer runs it: metrics, the queued record
-    writer, the poller following alias moves, thread pools tuned per flavor."""
+    writer, the poller following alias moves, thread pools tuned per flavor. ``metrics_folder``:
+    prometheus-client's multiprocess folder when this is one of several workers."""
     from berth.runtime.metrics import Metrics
     from berth.runtime.path import InferencePath
     from berth.runtime.record_writers import QueuedRecordWriter
     from berth.runtime.records import RecordProducer
 
-    metrics = Metrics()
+    metrics = Metrics(metrics_folder)
     root = client.settings.resolved_records_root()
     queued = QueuedRecordWriter(root, on_drop=metrics.records_dropped.inc)
     records = (
@@ -246,19 +249,43 @@ def build_path(client: Berth, options: PathOptions) -> InferencePath:
 
 
 def build_server(
-    settings: Settings, options: ServeOptions, *, record_policy: RecordPolicy | None = None
+    settings: Settings,
+    options: ServeOptions,
+    *,
+    record_policy: RecordPolicy | None = None,
+    metrics_folder: Path | None = None,
 ) -> FastAPI:
+    """The app ``berth serve`` runs. With ``metrics_folder`` (one of several workers) /metrics
+    merges every worker's metrics, and this worker refreshes its queue gauges every second."""
+    from berth.runtime.metrics import GaugeSampler
     from berth.server.app import create_app
 
     client = Berth(settings, record_policy=record_policy)
-    return create_app(build_path(client, options.path), options, on_shutdown=client.close)
+    path = build_path(client, options.path, metrics_folder=metrics_folder)
+    if metrics_folder is None:
+        return create_app(path, options, on_shutdown=client.close)
+    metrics = path.metrics
+    assert metrics is not None
+    sampler = GaugeSampler(lambda: metrics.sample(path.queue_depths(), path.records_queued))
+
+    def shut_down() -> None:
+        sampler.stop()
+        client.close()
+
+    sampler.start()
+    return create_app(path, options, on_shutdown=shut_down)
 
 
 def server_factory() -> FastAPI:
-    """For ``uvicorn --factory`` in each worker process: settings and options from the env."""
+    """For ``uvicorn --factory`` in each worker process: settings and options from the env, and
+    multiprocess metrics when ``PROMETHEUS_MULTIPROC_DIR`` names their folder (``berth serve
+    --workers N`` sets both)."""
+    from berth.runtime.metrics import MULTIPROCESS_ENV
+
     raw = os.environ.get(SERVE_OPTIONS_ENV)
     options = ServeOptions.model_validate_json(raw) if raw else ServeOptions()
-    return build_server(Settings(), options)
+    folder = os.environ.get(MULTIPROCESS_ENV)
+    return build_server(Settings(), options, metrics_folder=Path(folder) if folder else None)
 
 
 def read_serving_file(file: str) -> dict[str, ModelServing]:

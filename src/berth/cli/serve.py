@@ -12,6 +12,9 @@ import typer
 from .context import client
 from .output import console, log_to_stderr
 
+LOGGERS = ("berth", "uvicorn.error")
+"""The loggers ``berth serve`` shows on stderr, in the server process and every worker."""
+
 
 def serve(
     ctx: typer.Context,
@@ -78,7 +81,7 @@ def serve(
     )
     c = client(ctx)
     settings = c.settings
-    log_to_stderr(("berth", "uvicorn.error"))
+    log_to_stderr(LOGGERS)
     console.print(
         f"serving {settings.home.resolve()} on http://{host}:{port} "
         f"(docs: http://{host}:{port}/docs)"
@@ -124,8 +127,27 @@ def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> Non
     if workers == 1:
         uvicorn.run(build_server(settings, options), **common)  # type: ignore[arg-type]
         return
+    from berth.runtime.metrics import multiprocess_folder
+
     os.environ[SERVE_OPTIONS_ENV] = options.model_dump_json()
     os.environ["BERTH_HOME"] = str(settings.home.resolve())
     if settings.database_url:
         os.environ["BERTH_DATABASE_URL"] = settings.database_url
-    uvicorn.run("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    # uvicorn sets logging up again in every worker it spawns (a spawned process starts with
+    # none: its INFO lines, the access log among them, would go nowhere).
+    common["log_config"] = _worker_logging()
+    # Workers inherit the folder's name and sum their metrics there; it goes when they have.
+    with multiprocess_folder():
+        uvicorn.run("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+
+
+def _worker_logging() -> dict[str, Any]:
+    """What ``log_to_stderr`` sets in this process, as a ``logging.config`` dict."""
+    logger = {"handlers": ["stderr"], "level": "INFO", "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "loggers": {name: logger for name in LOGGERS},
+    }

@@ -65,9 +65,8 @@ async def metrics(request: Request) -> Response:
     path: InferencePath = request.app.state.path
     if path.metrics is None:
         return error_response(404, "metrics are off")
-    path.metrics.records_queue.set(path.records_queued)
-    for (model, version), depth in path.queue_depths().items():
-        path.metrics.queue_depth.labels(model, str(version)).set(depth)
+    # This worker's gauges now; with several workers the others refresh theirs every second.
+    path.metrics.sample(path.queue_depths(), path.records_queued)
     body, content_type = path.metrics.render()
     return Response(body, media_type=content_type)
 
