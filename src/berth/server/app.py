@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import berth
 from berth.config import ServeOptions
@@ -17,6 +18,7 @@ from berth.errors import BerthError
 from berth.runtime.path import InferencePath
 
 from . import oip, v1
+from .dispatch import InferenceRoutes
 from .errors import berth_error, error_response, unexpected_error
 from .middleware import AccessLog, BodyLimit
 
@@ -40,7 +42,7 @@ def create_app(
             if on_shutdown is not None:
                 on_shutdown()
 
-    app = FastAPI(
+    app = BerthServer(
         title="Berth",
         version=berth.__version__,
         description="Open Inference Protocol v2 and Berth's JSON API.",
@@ -56,9 +58,23 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
-    if options.access_log:
-        app.add_middleware(AccessLog)
+    front: ASGIApp = InferenceRoutes(app.fastapi, path, options.max_body_bytes)
+    app.front = AccessLog(front) if options.access_log else front
     return app
+
+
+class BerthServer(FastAPI):
+    """The FastAPI app behind the inference routes' dispatch (see ``dispatch``) and the access
+    log, which see every request first."""
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own handling: every route but the dispatched ones, and the lifespan."""
+        await super().__call__(scope, receive, send)
 
 
 async def metrics(request: Request) -> Response:

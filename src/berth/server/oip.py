@@ -109,26 +109,13 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 
 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    path = _path(request)
-    reference = Reference.of(name, version)
     body = await request.body()
-    length = _header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
-    try:
-        envelope = oip.decode_envelope(body, length)
-    except InvalidInputError:
-        await path.route(reference)  # an unknown model or version is the first thing to say
-        raise
-    target = await path.resolve(reference, envelope.context(request.headers.get("x-berth-unit")))
-    inputs = oip.decode_inputs(envelope, target.info.signature)
-    result = await path.run(target, inputs.columns, mode="realtime")
-    content, header_length = oip.encode(
-        model=reference.name,
-        version=result.info.version,
-        request_id=envelope.id or result.prediction_ids[0],
-        outputs=result.outputs,
-        signature=result.info.signature,
-        requested=inputs.outputs,
-        prediction_ids=list(result.prediction_ids),
+    content, header_length = await infer_body(
+        _path(request),
+        Reference.of(name, version),
+        body,
+        length_header=request.headers.get(oip.HEADER_LENGTH),
+        unit_header=request.headers.get("x-berth-unit"),
     )
     if header_length is None:
         return Response(content, media_type="application/json")
@@ -136,6 +123,37 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         content,
         media_type="application/octet-stream",
         headers={oip.HEADER_LENGTH: str(header_length)},
+    )
+
+
+async def infer_body(
+    path: InferencePath,
+    reference: Reference,
+    body: bytes,
+    *,
+    length_header: str | None,
+    unit_header: str | None,
+) -> tuple[bytes, int | None]:
+    """The answer to an infer request's body, and its JSON header's length when it carries
+    binary tensors: what both the route and the fast dispatch (``dispatch.InferenceRoutes``)
+    answer."""
+    length = _header_length(length_header, len(body))
+    try:
+        envelope = oip.decode_envelope(body, length)
+    except InvalidInputError:
+        await path.route(reference)  # an unknown model or version is the first thing to say
+        raise
+    target = await path.resolve(reference, envelope.context(unit_header))
+    inputs = oip.decode_inputs(envelope, target.info.signature)
+    result = await path.run(target, inputs.columns, mode="realtime")
+    return oip.encode(
+        model=reference.name,
+        version=result.info.version,
+        request_id=envelope.id or result.prediction_ids[0],
+        outputs=result.outputs,
+        signature=result.info.signature,
+        requested=inputs.outputs,
+        prediction_ids=list(result.prediction_ids),
     )
 
 

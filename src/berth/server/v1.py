@@ -39,8 +39,18 @@ PREDICT_BODY = {
 async def predict(request: Request, ref: str) -> Response:
     """Predict for ``{"records": [...]}`` or ``{"texts": [...]}``; REF is NAME, NAME/VERSION
     or NAME@ALIAS (a bare name serves the production alias, else the newest version)."""
-    path: InferencePath = request.app.state.path
     body = await request.body()
+    content = await predict_json(
+        request.app.state.path, ref, body, request.headers.get("x-berth-unit")
+    )
+    return Response(content, media_type="application/json")
+
+
+async def predict_json(
+    path: InferencePath, ref: str, body: bytes, unit_header: str | None
+) -> bytes:
+    """The JSON answer to a /v1 prediction request's body: what both the route and the fast
+    dispatch (``dispatch.InferenceRoutes``) answer."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -51,7 +61,7 @@ async def predict(request: Request, ref: str) -> Response:
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInputError("'request_id' must be a string")
     context = RequestContext(
-        unit_id=first_unit_id(doc.pop("unit_id", None), request.headers.get("x-berth-unit")),
+        unit_id=first_unit_id(doc.pop("unit_id", None), unit_header),
         request_id=request_id,
     )
     target = await path.resolve(ref, context)
@@ -59,8 +69,9 @@ async def predict(request: Request, ref: str) -> Response:
     rows = to_rows(result.outputs, result.info.signature)
     for row, pid in zip(rows, result.prediction_ids, strict=True):
         row["prediction_id"] = pid
-    return json_response(
-        {"model": result.info.model, "version": result.info.version, "predictions": rows}
+    return orjson.dumps(
+        {"model": result.info.model, "version": result.info.version, "predictions": rows},
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
 
 
