@@ -240,7 +240,7 @@ def test_a_redelivered_message_replaces_its_records_on_the_async_face(client: Be
 def test_inputs_of_one_numeric_dtype_are_recorded_as_one_block(client: Berth) -> None:
     """The frame's block goes to the records as it is; each feature still reads back as its
     own column, whether one request or many share a file."""
-    from berth.runtime.records import InputBlock
+    from berth.runtime.codecs import InputBlock
 
     frame = pd.DataFrame({f"f{i}": np.arange(4, dtype=np.float64) + i for i in range(5)})
     client.register(SumModel(), "blocky", training_data=frame, trusted=True)

@@ -681,3 +681,63 @@ def test_float_features_checked_as_a_block_answer_as_feature_by_feature(
         return
     frame, _ = validate_columns(sig, columns)
     pd.testing.assert_frame_equal(frame, expected, check_dtype=True)
+
+
+_JSON_VALUES = st.one_of(
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.integers(-5, 5),
+    st.sampled_from([10**20, 10**400, True, False, None, "1.5", 1e308]),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(
+        st.dictionaries(st.sampled_from(["f0", "f1", "f2", "x"]), _JSON_VALUES, max_size=4),
+        min_size=1,
+        max_size=4,
+    ),
+    order=st.permutations(["f0", "f1", "f2"]),
+)
+def test_records_of_numbers_decoded_as_one_block_validate_as_columns(
+    records: list[dict[str, Any]], order: list[str]
+) -> None:
+    """JSON records of plain numbers for float64 features are decoded as one block; whatever the
+    records hold (bools, strings, nulls, huge ints, keys missing, extra or in another order),
+    validation gives the same frame or the same refusal as the column-by-column decoding."""
+    from unittest import mock
+
+    from berth.runtime import codecs
+    from berth.runtime.codecs import to_columns
+    from berth.runtime.validation import validate_columns
+
+    features = tuple(Feature(name=n, dtype="float64", maximum=1e300) for n in order)
+    sig = Signature(kind="tabular", inputs=features)
+    doc = {"records": records}
+
+    def outcome() -> Any:
+        try:
+            frame, _ = validate_columns(sig, to_columns(doc, sig))
+        except SchemaError as exc:
+            return str(exc)
+        return frame
+
+    with mock.patch.object(codecs, "_number_block", return_value=None):
+        expected = outcome()
+    got = outcome()
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        pd.testing.assert_frame_equal(got, expected, check_dtype=True)
+
+
+def test_records_of_numbers_arrive_as_one_block() -> None:
+    from berth.runtime.codecs import InputBlock, to_columns
+
+    sig = infer_signature(pd.DataFrame({"a": [0.5], "b": [1.5]}))
+    decoded = to_columns({"records": [{"b": 1, "a": 0.5}, {"b": 2.5, "a": 3}]}, sig)
+    assert isinstance(decoded, InputBlock)
+    assert decoded.names == ("b", "a")
+    assert decoded.array.tolist() == [[1.0, 0.5], [2.5, 3.0]]
+    assert not isinstance(to_columns({"records": [{"a": True, "b": 1.0}]}, sig), InputBlock)
+    assert not isinstance(to_columns({"records": [{"a": 1.0, "b": None}]}, sig), InputBlock)

@@ -3,7 +3,7 @@ Transport formats (OIP tensors, CSV) build on these; outputs go back through ``o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,32 @@ from berth.errors import InvalidInputError, SchemaError
 from berth.registry.signature import TEXT_INPUT, Signature
 
 Columns = dict[str, "np.ndarray[Any, Any]"]
+
+
+class InputBlock(Mapping[str, Any]):
+    """Columns of one numeric dtype as one 2-D array (rows x features). Decoded JSON records of
+    numbers arrive so (one array instead of one per feature, which validation would stack
+    again), and the records keep validated inputs so (one copy of the validated frame's block,
+    taken before the prediction): the writer joins thousands of requests with one
+    concatenate instead of one per feature (per-feature joins held the GIL long enough to show
+    in the server's p99). Reads as a mapping of columns."""
+
+    __slots__ = ("array", "names")
+
+    def __init__(self, names: tuple[str, ...], array: Any) -> None:
+        self.names = names
+        self.array = array
+
+    def __getitem__(self, name: str) -> Any:
+        return self.array[:, self.names.index(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 """Named 1-D arrays of equal length: a batch before it becomes a DataFrame. Small requests stay
 in this form until validation builds the one DataFrame the model needs (building a DataFrame
 costs more than validating it)."""
@@ -23,16 +49,20 @@ def to_frame(data: Any, signature: Signature) -> pd.DataFrame:
     a mapping of columns, a list of strings (text models), a 2-D array in signature order, or a
     pyarrow Table."""
     decoded = to_columns(data, signature)
+    if isinstance(decoded, InputBlock):
+        return pd.DataFrame(decoded.array, columns=list(decoded.names))
     return decoded if isinstance(decoded, pd.DataFrame) else pd.DataFrame(decoded)
 
 
-def to_columns(data: Any, signature: Signature) -> pd.DataFrame | Columns:
-    """Like :func:`to_frame`, but leaves decoded JSON-like input as columns."""
+def to_columns(data: Any, signature: Signature) -> pd.DataFrame | Columns | InputBlock:
+    """Like :func:`to_frame`, but leaves decoded JSON-like input as columns (records of plain
+    numbers for a model of float64 features as one block)."""
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, Mapping):
         if "records" in data and len(data) == 1:
-            return _records(data["records"])
+            block = _number_block(data["records"], signature)
+            return _records(data["records"]) if block is None else block
         if "texts" in data and len(data) == 1:
             return _texts(data["texts"], signature)
         if data and not any(_is_column(v) for v in data.values()):
@@ -53,6 +83,34 @@ def to_columns(data: Any, signature: Signature) -> pd.DataFrame | Columns:
         f"cannot read input of type {type(data).__name__}: give records (a list of objects), "
         "columns (an object of lists), texts (a list of strings) or a DataFrame"
     )
+
+
+def _number_block(records: Any, signature: Signature) -> InputBlock | None:
+    """Records that hold only ints and floats under the same keys, for a signature of float64
+    features, as one float64 block: what the feature-by-feature columns would have become once
+    validated, built in one call (a one-row request of 30 features went through 30 arrays and a
+    stack). Anything else (a bool, a string, a missing key, keys in another order) is None and
+    takes the column-by-column way, where validation names the problem."""
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        return None
+    features = signature.inputs
+    if len(features) < 2 or any(f.dtype != "float64" for f in features):
+        return None
+    keys = tuple(records[0])
+    if len(keys) != len(features):
+        return None
+    rows = []
+    for record in records:
+        if not isinstance(record, dict) or tuple(record) != keys:
+            return None
+        rows.append(list(record.values()))
+    kinds = {type(v) for row in rows for v in row}
+    if not kinds <= {int, float}:  # bool is its own type here, never an int
+        return None
+    try:
+        return InputBlock(keys, np.array(rows, dtype=np.float64))
+    except OverflowError:  # an int beyond float64: the columns say which
+        return None
 
 
 def _is_column(value: Any) -> bool:
@@ -82,7 +140,10 @@ def column(values: list[Any]) -> np.ndarray[Any, Any]:
         except OverflowError:
             return np.array(values, dtype=object)
     if kinds <= {int, float} and kinds:
-        return np.array(values, dtype=np.float64)
+        try:
+            return np.array(values, dtype=np.float64)
+        except OverflowError:  # an int beyond float64 (from Python, not JSON): validation names it
+            pass
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array

@@ -29,9 +29,9 @@ import numpy as np
 from berth.config import PathOptions
 from berth.errors import InvalidInputError
 from berth.registry.references import Reference, parse_reference
+from berth.runtime.codecs import InputBlock
 from berth.runtime.envelope import NO_CONTEXT, RequestContext
 from berth.runtime.pool import LoadState, ModelPool
-from berth.runtime.records import InputBlock
 from berth.runtime.routing import Choice, Resolver, Target, TrafficStrategy
 from berth.runtime.validation import check_columns, one_numeric_dtype, validate_columns
 

@@ -34,11 +34,13 @@ key again replaces its records instead of adding to them).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from berth.runtime.codecs import InputBlock
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -69,29 +71,6 @@ def record_schema() -> pa.Schema:
             ("latency_ms", pa.float32()),
         ]
     )
-
-
-class InputBlock(Mapping[str, Any]):
-    """Validated inputs of one numeric dtype as one 2-D array (rows x features), as the
-    validated frame holds them (one copy of one block, taken before the prediction): the writer
-    joins thousands of requests with one concatenate instead of one per feature (per-feature
-    joins held the GIL long enough to show in the server's p99). Reads as a mapping of
-    columns."""
-
-    __slots__ = ("array", "names")
-
-    def __init__(self, names: tuple[str, ...], array: Any) -> None:
-        self.names = names
-        self.array = array
-
-    def __getitem__(self, name: str) -> Any:
-        return self.array[:, self.names.index(name)]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from berth.errors import SchemaError
 from berth.registry.signature import Feature, Signature
+from berth.runtime.codecs import InputBlock
 from berth.runtime.columns import Array, Problems, check_column, describe, schema_error
 
 Batch = Any
@@ -215,14 +216,20 @@ def _float_block(
     plan = _float_plan(signature)
     if plan is None:
         return None
-    arrays = [array(name) for name in plan.names]
+    given = getattr(array, "block", None)
+    if given is not None:  # decoded as one float64 block already: its columns in plan order
+        order = [given.names.index(name) for name in plan.names]
+        arrays = [given.array[:, order] if order != list(range(len(order))) else given.array]
+    else:
+        arrays = [array(name) for name in plan.names]
     if not all(isinstance(a, np.ndarray) and a.dtype.kind in "iuf" for a in arrays):
         return None
-    block = (
-        np.column_stack(arrays).astype(np.float64, copy=False)
-        if rows
-        else np.empty((0, len(arrays)))
-    )
+    if given is not None:
+        block = arrays[0]
+    elif rows:
+        block = np.column_stack(arrays).astype(np.float64, copy=False)
+    else:
+        block = np.empty((0, len(arrays)))
     finite = np.isfinite(block)
     if not finite.all() and (np.isinf(block).any() or (~finite)[:, plan.required].any()):
         return None
@@ -245,6 +252,17 @@ def _labels(names: tuple[str, ...]) -> pd.Index:
     return pd.Index(names)
 
 
+class _BlockColumns:
+    """The column getter of an :class:`InputBlock`, which also hands the block itself to the
+    float-block check."""
+
+    def __init__(self, block: InputBlock) -> None:
+        self.block = block
+
+    def __call__(self, name: str) -> Array:
+        return self.block.array[:, self.block.names.index(name)].copy()  # type: ignore[no-any-return]
+
+
 def _is_arrow(data: object) -> bool:
     return type(data).__module__.startswith("pyarrow") and hasattr(data, "column_names")
 
@@ -259,6 +277,13 @@ def _prepare(signature: Signature, data: Batch) -> tuple[int, Callable[[str], Ar
 
         def array(name: str) -> Array:
             return data[labels[name]].to_numpy(copy=True)  # type: ignore[no-any-return]
+
+    elif isinstance(data, InputBlock):
+        labels = {name: name for name in data.names}
+        if len(labels) != len(data.names):
+            raise SchemaError("the input names a feature twice")
+        rows = data.array.shape[0]
+        array = _BlockColumns(data)
 
     elif _is_arrow(data):
         table: Any = data
