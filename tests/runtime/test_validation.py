@@ -741,3 +741,25 @@ def test_records_of_numbers_arrive_as_one_block() -> None:
     assert decoded.array.tolist() == [[1.0, 0.5], [2.5, 3.0]]
     assert not isinstance(to_columns({"records": [{"a": True, "b": 1.0}]}, sig), InputBlock)
     assert not isinstance(to_columns({"records": [{"a": 1.0, "b": None}]}, sig), InputBlock)
+
+
+def test_a_block_from_a_binary_tensor_becomes_a_frame_of_its_own() -> None:
+    """A 2-D binary OIP tensor is a read-only view of the request's bytes: the frame copies it
+    (a predictor may write into its frame); other numeric dtypes become float64 as columns do."""
+    from berth.runtime.codecs import InputBlock
+    from berth.runtime.validation import validate_columns
+
+    sig = infer_signature(pd.DataFrame({"a": [0.5], "b": [1.5], "c": [2.5]}))
+    raw = np.arange(6, dtype=np.float64).tobytes()
+    view = np.frombuffer(raw, dtype=np.float64).reshape(2, 3)
+    frame, _ = validate_columns(sig, InputBlock(("a", "b", "c"), view))
+    assert frame.to_numpy().tolist() == view.tolist()
+    frame.iloc[0, 0] = 9.0
+    assert view[0, 0] == 0.0
+    ints = np.array([[1, 2, 3]], dtype=np.int32)
+    frame, _ = validate_columns(sig, InputBlock(("c", "a", "b"), ints))
+    assert frame.to_numpy().tolist() == [[2.0, 3.0, 1.0]]
+    assert frame.dtypes.tolist() == [np.float64] * 3
+    flags = np.array([[True, False, True]])
+    with pytest.raises(SchemaError, match="feature 'a'"):
+        validate_columns(sig, InputBlock(("a", "b", "c"), flags))

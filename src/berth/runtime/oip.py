@@ -28,6 +28,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from berth.errors import InvalidInputError, SchemaError
+from berth.runtime.codecs import InputBlock
 from berth.runtime.envelope import RequestContext, first_unit_id
 from berth.runtime.outputs import FROM_OIP, TO_OIP, to_tensor
 
@@ -67,7 +68,7 @@ class OipEnvelope:
 class OipInputs:
     """Phase two: the tensors decoded against the target version's signature."""
 
-    columns: Columns
+    columns: Columns | InputBlock
     outputs: list[tuple[str, bool]]
     """Requested outputs with whether each wants binary data."""
 
@@ -293,13 +294,13 @@ def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> npt.NDArra
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
 
 
-def _frame(arrays: dict[str, npt.NDArray[Any]], signature: Signature) -> Columns:
+def _frame(arrays: dict[str, npt.NDArray[Any]], signature: Signature) -> Columns | InputBlock:
     if len(arrays) == 1:
         ((name, array),) = arrays.items()
         if signature.kind == "text" or name not in signature.names:
             width = array.shape[1] if array.ndim == 2 else 1
             if array.ndim == 2 and width == len(signature.inputs) and width > 1:
-                return {f: array[:, j].copy() for j, f in enumerate(signature.names)}
+                return InputBlock(tuple(signature.names), array)
             if signature.kind == "text" or len(signature.inputs) == 1:
                 return {signature.names[0]: _column(name, array)}
     columns = {name: _column(name, array) for name, array in arrays.items()}

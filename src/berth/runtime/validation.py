@@ -217,7 +217,7 @@ def _float_block(
     if plan is None:
         return None
     given = getattr(array, "block", None)
-    if given is not None:  # decoded as one float64 block already: its columns in plan order
+    if given is not None:  # decoded as one block already: its columns in plan order
         order = [given.names.index(name) for name in plan.names]
         arrays = [given.array[:, order] if order != list(range(len(order))) else given.array]
     else:
@@ -225,7 +225,9 @@ def _float_block(
     if not all(isinstance(a, np.ndarray) and a.dtype.kind in "iuf" for a in arrays):
         return None
     if given is not None:
-        block = arrays[0]
+        block = arrays[0].astype(np.float64, copy=False)
+        if not block.flags.writeable:  # a binary tensor's view of the request: the frame owns
+            block = block.copy()
     elif rows:
         block = np.column_stack(arrays).astype(np.float64, copy=False)
     else:
