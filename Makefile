@@ -71,3 +71,14 @@ bench-oip: install
 
 clean:
 	rm -rf $(VENV) .berth .pytest_cache .mypy_cache .ruff_cache
+
+## bench-peers: Berth against its peers on the same models (a bare FastAPI app, the strongest
+## simple FastAPI app, MLServer 1.7, BentoML 1.4 with and without adaptive batching) under wrk,
+## rounds alternating, into bench/results/peers.{json,md}; each peer's venv is built once under
+## bench/peers/.venvs/ from bench/peers/requirements-*.txt; installs wrk with apt-get when missing
+.PHONY: bench-peers
+bench-peers: install
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
+	$(BIN)/python bench/peers_bench.py
