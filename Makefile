@@ -82,3 +82,13 @@ bench-peers: install
 		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
 		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
 	$(BIN)/python bench/peers_bench.py
+
+## bench-batching: the latency target's curve (sentiment, p99 and req/s against target_p99_ms
+## at 1 to 32 connections, and without a target) into bench/results/batching_sweep.{json,md,png};
+## QUICK=1 for short runs; installs wrk with apt-get when missing
+.PHONY: bench-batching
+bench-batching: install
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
+	$(BIN)/python bench/batching_sweep.py $(if $(QUICK),--quick)

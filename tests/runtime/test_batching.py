@@ -1,19 +1,28 @@
 """The micro-batcher on its own: pure asyncio, a fake predictor on one inference thread that
-records the batches it was given, and the latency window fed latencies directly."""
+records the batches it was given, and the latency target's controller fed observations
+directly (decisions checked without timing), plus a few loose closed-loop runs against a fake
+predictor whose cost is a known function of the batch size."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from berth.runtime.batching import BatchingConfig, LatencyWindow, MicroBatcher
+from berth.runtime.batching import (
+    Arrivals,
+    BatchCost,
+    BatchingConfig,
+    LatencyWindow,
+    MicroBatcher,
+    bucket,
+)
 from berth.types import Outputs
 
 
@@ -363,3 +372,405 @@ def test_a_batch_waits_while_another_request_is_on_its_way(executor: ThreadPoolE
 
     run(go())
     assert fake.sizes == [2]
+
+
+# -- the arrival-rate rule ---------------------------------------------------------------------
+
+
+def test_arrivals_know_nothing_before_a_gap() -> None:
+    arrivals = Arrivals()
+    assert arrivals.wait_s(0.0, 1.0) is None
+    arrivals.observe(0.0)
+    assert arrivals.wait_s(0.0, 1.0) is None  # one submit: no gap yet
+
+
+def test_arrivals_wait_until_the_next_request_is_due() -> None:
+    arrivals = Arrivals()
+    for t in (0.0, 0.01, 0.02, 0.03):
+        arrivals.observe(t)
+    assert arrivals.gap_s == pytest.approx(0.01)
+    assert arrivals.wait_s(0.031, deadline=0.5) == pytest.approx(0.009)  # due at 0.04
+
+
+def test_arrivals_say_go_when_the_next_is_due_after_the_deadline_or_overdue() -> None:
+    arrivals = Arrivals()
+    for t in (0.0, 0.1, 0.2):
+        arrivals.observe(t)
+    assert arrivals.wait_s(0.2, deadline=0.25) == 0.0  # next due at 0.3, the window ends first
+    assert arrivals.wait_s(0.2, deadline=0.35) == pytest.approx(0.1)
+    assert arrivals.wait_s(0.31, deadline=0.5) == 0.0  # overdue: nobody is coming
+
+
+def test_arrivals_average_gaps_and_a_pause_counts_as_at_most_the_longest_gap() -> None:
+    arrivals = Arrivals(alpha=0.5, longest_s=1.0)
+    arrivals.observe(0.0)
+    arrivals.observe(0.1)
+    arrivals.observe(100.0)  # a pause of 99.9 s counts as 1 s
+    assert arrivals.gap_s == pytest.approx(0.55)
+    for i in range(1, 20):
+        arrivals.observe(100.0 + 0.001 * i)
+    assert arrivals.gap_s is not None
+    assert arrivals.gap_s < 0.002  # back to the burst's rate within a few requests
+
+
+def test_sparse_arrivals_go_at_once_instead_of_waiting_out_the_window(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Requests 0.6 s apart with a 0.5 s window and nothing to say who is outstanding: the
+    first waits out the window (no rate known yet); the others go at once, since the next is
+    due after the window would close. Waiting would cost 0.5 s each."""
+    fake = FakePredictor(delay_s=0.0)
+    batcher = MicroBatcher(fake, BatchingConfig(max_batch_size=8, max_latency_ms=500), executor)
+
+    async def timed(value: float) -> float:
+        started = time.perf_counter()
+        await batcher.submit(rows(value))
+        return time.perf_counter() - started
+
+    async def go() -> list[float]:
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.ensure_future(timed(float(i))))
+            await asyncio.sleep(0.6)
+        return list(await asyncio.gather(*tasks))
+
+    waits = run(go())
+    assert isinstance(waits, list)
+    assert waits[0] >= 0.45
+    assert all(w < 0.25 for w in waits[1:]), waits
+    assert fake.sizes == [1, 1, 1, 1]
+
+
+# -- the predictor's cost by batch size ------------------------------------------------------
+
+
+def test_size_buckets_double() -> None:
+    sizes = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64)
+    assert [bucket(n) for n in sizes] == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+
+
+def test_batch_cost_predicts_from_the_measured_cost_per_row() -> None:
+    cost = BatchCost(max_rows=64)
+    assert cost.estimate(10) == 0.0  # nothing measured: no prediction
+    cost.observe(8, 0.040)  # 5 ms a row in bucket 5-8
+    assert cost.per_row(bucket(8)) == pytest.approx(0.005)
+    assert cost.estimate(6) == pytest.approx(0.030)
+    # Unmeasured sizes borrow the nearest measured bucket, smaller first (they err long).
+    assert cost.estimate(32) == pytest.approx(0.160)
+    assert cost.estimate(1) == pytest.approx(0.005)
+    cost.observe(1, 0.010)
+    assert cost.estimate(1) == pytest.approx(0.010)
+    assert cost.estimate(32) == pytest.approx(0.160)  # still the nearer smaller bucket
+    cost.observe(8, 0.080)  # an EWMA: moves toward the new figure, not onto it
+    assert 0.005 < cost.per_row(bucket(8)) < 0.010  # type: ignore[operator]
+
+
+def test_the_batcher_times_its_calls(executor: ThreadPoolExecutor) -> None:
+    fake = FakePredictor(delay_s=0.02)
+    batcher = MicroBatcher(fake, BatchingConfig(max_batch_size=8, max_latency_ms=0.0), executor)
+    run(batcher.submit(rows(1.0, 2.0, 3.0, 4.0)))
+    measured = batcher.cost.per_row(bucket(4))
+    assert measured is not None
+    assert measured >= 0.02 / 4
+
+
+# -- the target: budget and cap --------------------------------------------------------------
+
+
+def measured(cost: BatchCost, seconds: Callable[[int], float], sizes: Iterable[int]) -> None:
+    for n in sizes:
+        cost.observe(n, seconds(n))
+
+
+def linear(n: int) -> float:
+    return 0.004 + 0.0027 * n  # sentiment-like: a fixed part and a part per row
+
+
+def superlinear(n: int) -> float:
+    return 0.001 + 0.0001 * n * n  # a row costs more in a larger batch
+
+
+ALL_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def controller(target: float | None, max_batch_size: int = 64) -> LatencyWindow:
+    return LatencyWindow(
+        BatchingConfig(max_batch_size=max_batch_size, max_latency_ms=50, target_p99_ms=target)
+    )
+
+
+def test_the_budget_starts_under_the_target_shrinks_while_over_and_recovers() -> None:
+    window = controller(100.0)
+    assert window.budget_ms == pytest.approx(80.0)
+    for _ in range(20):
+        feed(window, 300.0)
+    assert window.budget_ms == pytest.approx(25.0)  # a floor: a quarter of the target
+    for _ in range(30):
+        feed(window, 10.0)
+    assert window.budget_ms == pytest.approx(80.0)
+
+
+def test_over_the_target_the_cap_never_goes_where_a_row_costs_more() -> None:
+    """A fixed cost per call makes a row cheaper in a larger batch: capping would cost
+    throughput and, leaving rows for a later call, not even shorten the longest wait."""
+    window = controller(25.0)
+    measured(window.cost, linear, ALL_SIZES)
+    for _ in range(30):
+        feed(window, 200.0)  # far over the target, and stays there
+    assert window.max_rows == 64
+    assert window.rows_for_call() == 64  # and no probe: every size is measured
+    assert window.window_ms < 1.0  # the window does shrink
+
+
+def test_over_the_target_the_cap_drops_to_sizes_never_seen_but_not_below() -> None:
+    """16 connections never make a batch over 16: a cap down to 16 cuts nothing, and below
+    it a row costs more."""
+    window = controller(25.0)
+    measured(window.cost, linear, (1, 2, 4, 8, 16))
+    for _ in range(30):
+        feed(window, 200.0)
+    assert window.max_rows == 16
+
+
+def test_over_the_target_the_cap_falls_to_the_cheapest_size_per_row() -> None:
+    window = controller(50.0)
+    measured(window.cost, superlinear, ALL_SIZES)  # cheapest per row: 2-4 rows
+    for _ in range(30):
+        feed(window, 200.0)
+    assert window.max_rows == 4
+    for _ in range(30):
+        feed(window, 5.0)  # headroom, but larger batches cost more per row: it stays
+    assert window.max_rows == 4
+
+
+def test_a_size_not_measured_is_probed_once_before_the_cap_goes_there() -> None:
+    window = controller(50.0, max_batch_size=32)
+    measured(window.cost, superlinear, (32,))
+    feed(window, 200.0)
+    assert window.max_rows == 32
+    assert window.rows_for_call() == 16  # one call of 16 rows, to time it
+    assert window.rows_for_call() == 32
+    window.cost.observe(16, superlinear(16))
+    feed(window, 200.0)
+    assert window.max_rows == 16  # measured clearly cheaper per row: the cap goes there
+
+
+def test_the_cap_grows_back_when_larger_batches_are_cheaper_per_row() -> None:
+    window = controller(100.0)
+    measured(window.cost, superlinear, ALL_SIZES)
+    for _ in range(30):
+        feed(window, 500.0)
+    assert window.max_rows == 4
+    measured(window.cost, linear, ALL_SIZES * 60)  # the model got cheaper in large batches
+    feed(window, 500.0)
+    assert window.max_rows == 8  # larger measured cheaper per row: grows even over the target
+    for _ in range(5):
+        feed(window, 500.0)
+    assert window.max_rows == 64
+
+
+def test_a_cap_that_cuts_batches_at_a_size_never_measured_grows() -> None:
+    window = controller(100.0)
+    measured(window.cost, linear, (1, 2, 4, 8))
+    for _ in range(10):
+        feed(window, 500.0)
+    assert window.max_rows == 8
+    window.cut()  # more rows were queued than the cap let go
+    feed(window, 500.0)
+    assert window.max_rows == 16
+
+
+def test_without_a_target_nothing_is_capped() -> None:
+    window = controller(None)
+    measured(window.cost, superlinear, ALL_SIZES)
+    feed(window, 10_000.0, 640)
+    assert window.max_rows == 64
+    assert window.rows_for_call() == 64
+    assert window.budget_ms is None
+
+
+def test_the_p99_reads_the_requests_since_the_last_change() -> None:
+    window = controller(100.0)
+    feed(window, 50.0, 448)  # holding: under the target, without a 30 % margin
+    feed(window, 500.0, 64)  # over: the controller changes something
+    assert window.p99() == 500.0
+    feed(window, 20.0, 64)  # the old 500s no longer count: 64 requests show the change
+    assert window.p99() == 20.0
+
+
+def test_a_waiting_batch_goes_in_time_for_the_budget(executor: ThreadPoolExecutor) -> None:
+    """A 10 s window, nobody known to be outstanding, no rate known: only the target's budget
+    (80 ms of 100) sends the lone request on its way."""
+    fake = FakePredictor(delay_s=0.0)
+    config = BatchingConfig(max_batch_size=8, max_latency_ms=10_000, target_p99_ms=100.0)
+    batcher = MicroBatcher(fake, config, executor)
+    started = time.perf_counter()
+    run(batcher.submit(rows(1.0)), timeout=5.0)
+    assert time.perf_counter() - started < 1.0
+    assert fake.sizes == [1]
+
+
+def test_the_cap_limits_a_call_and_keeps_whole_requests(executor: ThreadPoolExecutor) -> None:
+    fake = FakePredictor()
+    config = BatchingConfig(max_batch_size=64, max_latency_ms=20, target_p99_ms=50.0)
+    batcher = MicroBatcher(fake, config, executor)
+    measured(batcher.cost, superlinear, ALL_SIZES)
+    for _ in range(30):
+        feed(batcher.latency, 200.0)
+    assert batcher.latency.max_rows == 4
+
+    async def go() -> list[Outputs]:
+        return await asyncio.gather(*(batcher.submit(rows(i, i, i)) for i in range(6)))
+
+    run(go())
+    assert all(size == 3 for size in fake.sizes)  # 3 + 3 would pass the cap of 4
+    assert sum(fake.sizes) == 18
+
+
+# -- closed loops against a cost model -------------------------------------------------------
+
+
+class CostedPredictor:
+    """Sleeps ``seconds(rows)`` in the inference thread: a model with a known cost."""
+
+    def __init__(self, seconds: Callable[[int], float]) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def __call__(self, frame: pd.DataFrame) -> Outputs:
+        self.sizes.append(len(frame))
+        time.sleep(self.seconds(len(frame)))
+        return {"double": frame["x"].to_numpy() * 2}
+
+
+class ClosedLoop:
+    """``clients`` tasks, each sending its next request as soon as the last is answered (what
+    wrk's connections do), through a batcher told what is outstanding and fed each latency,
+    as the inference path does."""
+
+    def __init__(self, seconds: Callable[[int], float], clients: int, target: float | None):
+        self.predictor = CostedPredictor(seconds)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="costed-predict")
+        config = BatchingConfig(max_batch_size=64, max_latency_ms=50, target_p99_ms=target)
+        self.inflight = 0
+        self.batcher = MicroBatcher(
+            self.predictor, config, self.executor, outstanding=lambda: self.inflight
+        )
+        self.clients = clients
+        self.latencies: list[float] = []
+        self.measuring = False
+        self.stopping = False
+        self.tasks: list[asyncio.Future[None]] = []
+
+    async def client(self, i: int) -> None:
+        while not self.stopping:
+            started = time.perf_counter()
+            self.inflight += 1
+            try:
+                await self.batcher.submit(rows(float(i)))
+            finally:
+                self.inflight -= 1
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self.batcher.latency.observe(latency_ms)
+            if self.measuring:
+                self.latencies.append(latency_ms)
+
+    def start(self) -> None:
+        self.tasks = [asyncio.ensure_future(self.client(i)) for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await asyncio.gather(*self.tasks)
+        self.executor.shutdown(wait=True)
+
+    def p99(self) -> float:
+        return float(np.percentile(self.latencies, 99))
+
+
+async def loop_lag(seconds: float, tick_s: float = 0.005) -> float:
+    """The longest the event loop was late to wake a sleeper over ``seconds``: a stall of the
+    machine, not of the batcher."""
+    loop = asyncio.get_running_loop()
+    until, worst = loop.time() + seconds, 0.0
+    while loop.time() < until:
+        before = loop.time()
+        await asyncio.sleep(tick_s)
+        worst = max(worst, loop.time() - before - tick_s)
+    return worst
+
+
+def side_by_side(
+    seconds: Callable[[int], float],
+    clients: int,
+    target: float,
+    run_s: float,
+    settled: Callable[[LatencyWindow], bool] = lambda _: True,
+) -> tuple[ClosedLoop, ClosedLoop, float]:
+    """The same load with and without the target, at the same time in one event loop (each
+    with its own inference thread), so a busy machine slows both alike; measured for
+    ``run_s`` once the target's controller has ``settled`` (10 s at most after a 0.5 s
+    warm-up); and the longest stall of the loop meanwhile. An attempt with a stall over 30 ms
+    is made again, twice at most (a stall holds every request in flight, which no batcher
+    can help)."""
+    for _ in range(3):
+        held = ClosedLoop(seconds, clients, target)
+        free = ClosedLoop(seconds, clients, None)
+
+        async def go(held: ClosedLoop = held, free: ClosedLoop = free) -> float:
+            loop = asyncio.get_running_loop()
+            held.start()
+            free.start()
+            await asyncio.sleep(0.5)
+            give_up = loop.time() + 10.0
+            while not settled(held.batcher.latency) and loop.time() < give_up:
+                await asyncio.sleep(0.05)
+            held.measuring = free.measuring = True
+            lag = await loop_lag(run_s)
+            await held.stop()
+            await free.stop()
+            return lag
+
+        stalled = run(go(), timeout=60.0)
+        assert isinstance(stalled, float)
+        if stalled < CALM_S:
+            break
+    return held, free, stalled
+
+
+CALM_S = 0.030
+
+
+def busy_machine(reason: str) -> None:
+    pytest.skip(f"the p99 bound itself is not checked: {reason} (a busy machine)")
+
+
+def test_a_reachable_target_holds_and_costs_no_throughput() -> None:
+    """8 clients, a call costs 20 ms + 4 ms a row: a batch of 8 takes 52 ms, and so does a
+    request. A 150 ms target is reachable (the same batcher without a target meets it); with
+    it, the p99 stays within 10 % and as many requests are answered as without (a generous
+    margin: timing on a shared machine). The bound is checked when the machine let the
+    batcher without a target meet it: else the miss is the machine's."""
+    target = 150.0
+    held, free, stalled = side_by_side(lambda n: 0.020 + 0.004 * n, 8, target, 2.0)
+    assert len(held.latencies) >= 0.8 * len(free.latencies)
+    assert held.p99() <= max(1.1 * target, 1.5 * free.p99()), (held.p99(), free.p99())
+    if stalled >= CALM_S or free.p99() > target:
+        busy_machine(f"loop stalled {stalled * 1000:.0f} ms, no-target p99 {free.p99():.0f} ms")
+    assert held.p99() <= 1.1 * target, (held.p99(), free.p99())
+
+
+def test_a_target_caps_batches_where_a_row_costs_more_in_a_larger_one() -> None:
+    """32 clients, a call costs 0.5 ms + 0.2 ms x rows^2: without a target batches of 32 take
+    over 200 ms, and so does every request; capped at 16 rows a row costs half as much, and
+    requests take about 110 ms. The target finds that, holds its p99 and serves more, not
+    fewer, requests."""
+    target = 150.0
+    held, free, stalled = side_by_side(
+        lambda n: 0.0005 + 0.0002 * n * n, 32, target, 1.5, lambda w: w.max_rows <= 16
+    )
+    assert held.batcher.latency.max_rows <= 16  # settled there, and stayed
+    assert len(held.latencies) >= len(free.latencies)
+    assert free.p99() > 1.1 * target  # the model can meet it, but only with the cap
+    if stalled >= CALM_S:
+        busy_machine(f"loop stalled {stalled * 1000:.0f} ms")
+    assert held.p99() <= 1.1 * target, (held.p99(), free.p99())

@@ -2,14 +2,39 @@
 
 One predict is in flight per version at a time (the Predictor contract); requests that arrive
 meanwhile queue and go together in the next call, up to ``max_batch_size`` rows. When idle, the
-first request waits at most ``max_latency_ms`` for company. With ``target_p99_ms`` set, the window
-adapts online: it shrinks while the observed p99 latency is above the target and grows back while
-there is headroom, so the server trades latency for throughput only as far as the target allows.
+first request waits at most ``max_latency_ms`` for company, and less when waiting cannot grow the
+batch: it goes at once when every request outstanding for the version is queued (the path counts
+them), or when the arrival rate says the next request is due after the window closes.
+
+``target_p99_ms`` holds the p99 latency under a target without spending throughput on it. Three
+estimates, each a few float operations per request or per call, drive it: the p99 of the last 512
+request latencies (re-read every 64, over the requests since the last change it made), an EWMA of
+the gaps between submits, and an EWMA of the predictor's seconds per row in buckets of batch
+sizes (1, 2, 3-4, 5-8, ..., each call timed from the event loop). From them:
+
+- a **budget** (what a request may spend queued and predicted: 80 % of the target at first)
+  shrinks while the p99 is over the target and grows back with headroom; a batch waiting for
+  company goes early enough that its oldest request, at the batch's predicted cost, is answered
+  within the budget. The **window** shrinks and grows the same way (at most half the target);
+- the **rows per call** are capped: while the p99 is over the target the cap halves, but only
+  past sizes never seen or to a size measured clearly cheaper per row (a costlier one would
+  spend throughput; one call at a size not measured yet times it first). It doubles back when
+  larger batches are measured cheaper per row, when it cuts batches at a size not measured
+  yet, or with headroom unless smaller batches are clearly cheaper.
+
+Why the cap rarely moves: with a cost of ``a + b * rows`` per call, a fixed part and a part per
+row (what most models show), leaving queued rows for a later call never shortens the longest
+wait (they finish later by at least ``a``), so a cap helps the p99 only where a row costs more in
+a larger batch, which is also where it raises throughput. And under a closed loop of N clients,
+latency is N over throughput (Little's law): the lowest p99 comes with the highest throughput,
+and a target below what the model reaches at that load is missed, but costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -22,36 +47,173 @@ if TYPE_CHECKING:
 
     from berth.types import Outputs
 
+_ALPHA = 0.2  # EWMA weight of a new gap between arrivals
+_COST_ALPHA = 0.1  # EWMA weight of a new call's seconds per row
+_ADJUST_EVERY = 64  # latencies between two looks at the p99
+_CLEARLY = 0.95  # a bucket is cheaper per row only below 95 % of the other: noise is not a reason
+
+
+def bucket(rows: int) -> int:
+    """The size bucket of a batch: k holds sizes (2^(k-1), 2^k], so 1, 2, 3-4, 5-8, ..."""
+    return (max(rows, 1) - 1).bit_length()
+
+
+class Arrivals:
+    """When the next request is due: an EWMA of the gaps between submits. A gap longer than
+    ``longest_s`` counts as that, so a pause does not blind the estimate for long."""
+
+    def __init__(self, alpha: float = _ALPHA, longest_s: float = 1.0) -> None:
+        self.alpha = alpha
+        self.longest_s = longest_s
+        self.gap_s: float | None = None
+        self.last: float | None = None
+
+    def observe(self, now: float) -> None:
+        if self.last is not None:
+            gap = min(max(now - self.last, 0.0), self.longest_s)
+            old = self.gap_s
+            self.gap_s = gap if old is None else old + self.alpha * (gap - old)
+        self.last = now
+
+    def wait_s(self, now: float, deadline: float) -> float | None:
+        """How long waiting for the next request may pay: 0 when it is due after ``deadline``
+        or overdue (nobody is coming), else until it is due; None while no gap is known."""
+        if self.gap_s is None or self.last is None:
+            return None
+        due = self.last + self.gap_s
+        if due > deadline or now >= due:
+            return 0.0
+        return due - now
+
+
+class BatchCost:
+    """The predictor's seconds per row by batch size: an EWMA per size bucket (see
+    :func:`bucket`), from the time each call took as the event loop saw it (the hand-off to
+    the inference thread is part of a call's cost). One call counts as at most 3x the estimate,
+    so a stall of the machine does not move it far."""
+
+    def __init__(self, max_rows: int, alpha: float = _COST_ALPHA) -> None:
+        self.alpha = alpha
+        self._per_row: list[float | None] = [None] * (bucket(max_rows) + 1)
+
+    def observe(self, rows: int, seconds: float) -> None:
+        k = min(bucket(rows), len(self._per_row) - 1)
+        value = seconds / max(rows, 1)
+        old = self._per_row[k]
+        self._per_row[k] = value if old is None else old + self.alpha * (min(value, 3 * old) - old)
+
+    def per_row(self, k: int) -> float | None:
+        """Bucket ``k``'s measured seconds per row; None if no call of that size was timed."""
+        return self._per_row[k] if 0 <= k < len(self._per_row) else None
+
+    def estimate(self, rows: int) -> float:
+        """Predicted seconds of a call on ``rows`` rows: its bucket's cost per row, else the
+        nearest measured bucket's, smaller sizes first (they err long); 0 while none is."""
+        k = min(bucket(rows), len(self._per_row) - 1)
+        for j in itertools.chain(range(k, -1, -1), range(k + 1, len(self._per_row))):
+            value = self._per_row[j]
+            if value is not None:
+                return value * rows
+        return 0.0
+
+
+def _cheaper(a: float | None, b: float | None, margin: float = 1.0) -> bool:
+    """Measured cost per row ``a`` is below ``margin`` times ``b``."""
+    return a is not None and b is not None and a < margin * b
+
 
 class LatencyWindow:
-    """The p99 of recent request latencies, and the batching window it implies."""
+    """The p99 of recent request latencies against the target, and what it sets: the waiting
+    window, the budget a waiting batch keeps to and the cap on rows per call (see the module's
+    docstring). Without a target they stay as configured."""
 
-    def __init__(self, config: BatchingConfig, size: int = 512) -> None:
+    def __init__(
+        self, config: BatchingConfig, size: int = 512, cost: BatchCost | None = None
+    ) -> None:
         self.config = config
+        self.cost = cost if cost is not None else BatchCost(config.max_batch_size)
         self.window_ms = config.max_latency_ms
+        target = config.target_p99_ms
+        self.budget_ms = None if target is None else 0.8 * target
+        self._top = bucket(config.max_batch_size)
+        self._level = self._top  # the cap is min(max_batch_size, 2 ** level)
+        self._cut = False
+        self._probe = False
         self._samples: deque[float] = deque(maxlen=size)
         self._since_adjust = 0
+        self._since_change = 0
+
+    @property
+    def max_rows(self) -> int:
+        """Rows per call now: ``max_batch_size`` unless the target capped it."""
+        return min(self.config.max_batch_size, 1 << self._level)
+
+    def rows_for_call(self) -> int:
+        """The cap for the call about to go: :attr:`max_rows`, or once half of it when the
+        smaller size's cost is to be measured before the cap may go there."""
+        if self._probe:
+            self._probe = False
+            return min(self.config.max_batch_size, 1 << max(self._level - 1, 0))
+        return self.max_rows
+
+    def cut(self) -> None:
+        """Note that the cap left rows behind that ``max_batch_size`` would have taken."""
+        self._cut = True
 
     def observe(self, latency_ms: float) -> None:
         self._samples.append(latency_ms)
+        self._since_change += 1
         target = self.config.target_p99_ms
         if target is None:
             return
         self._since_adjust += 1
-        if self._since_adjust < 64:
+        if self._since_adjust < _ADJUST_EVERY:
             return
         self._since_adjust = 0
-        p99 = self.p99()
-        if p99 > target:
-            self.window_ms *= 0.7
-        elif p99 < 0.7 * target:
-            self.window_ms = min(max(self.window_ms * 1.2, 0.2), target / 2)
+        self._adjust(self.p99(), target)
 
     def p99(self) -> float:
-        if not self._samples:
+        """Over the latencies since the last change (at least 64 of them, at most all kept):
+        a change shows within 64 requests instead of waiting for 512 to age out."""
+        n = len(self._samples)
+        if not n:
             return 0.0
-        ordered = sorted(self._samples)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        k = min(n, max(_ADJUST_EVERY, self._since_change))
+        recent = sorted(itertools.islice(self._samples, n - k, n))
+        return recent[min(k - 1, int(0.99 * k))]
+
+    def _adjust(self, p99: float, target: float) -> None:
+        before = (self.window_ms, self.budget_ms, self._level)
+        over, headroom = p99 > target, p99 < 0.7 * target
+        assert self.budget_ms is not None
+        if over:
+            self.window_ms *= 0.7
+            self.budget_ms = max(self.budget_ms * 0.8, 0.25 * target)
+        elif headroom:
+            self.window_ms = min(max(self.window_ms * 1.2, 0.2), target / 2)
+            self.budget_ms = min(self.budget_ms * 1.1, 0.8 * target)
+        self._level = self._next_level(over, headroom)
+        self._cut = False
+        if (self.window_ms, self.budget_ms, self._level) != before:
+            self._since_change = 0
+
+    def _next_level(self, over: bool, headroom: bool) -> int:
+        j, per_row = self._level, self.cost.per_row
+        if j < self._top:
+            up, here = per_row(j + 1), per_row(j)
+            if (
+                _cheaper(up, here)  # throughput first
+                or (self._cut and up is None)  # it cuts batches at a size never measured
+                or (headroom and not _cheaper(here, up, _CLEARLY))
+            ):
+                return j + 1
+        if over and j > 0:
+            here, below = per_row(j), per_row(j - 1)
+            # Unmeasured here: the cap cuts nothing seen. Noise is no reason to go lower.
+            if here is None or _cheaper(below, here, _CLEARLY):
+                return j - 1
+            self._probe = below is None  # time one call of the smaller size first
+        return j
 
 
 class MicroBatcher:
@@ -65,14 +227,19 @@ class MicroBatcher:
     ) -> None:
         """``outstanding`` counts the requests for this version that have entered the path and
         are not answered yet: when every one of them is already queued, waiting cannot grow the
-        batch (a client with N connections has at most N requests out) and it goes at once."""
+        batch (a client with N connections has at most N requests out) and it goes at once.
+        The path reports each request's latency to ``latency.observe``."""
         self.predict = predict
         self._outstanding = outstanding
         self.config = config
         self.executor = executor
-        self.latency = LatencyWindow(config)
+        self.cost = BatchCost(config.max_batch_size)
+        self.latency = LatencyWindow(config, cost=self.cost)
+        self.arrivals = Arrivals()
         self._on_batch = on_batch
-        self._queue: deque[tuple[pd.DataFrame, asyncio.Future[Outputs]]] = deque()
+        # (frame, future, time it was queued on the loop's clock)
+        self._queue: deque[tuple[pd.DataFrame, asyncio.Future[Outputs], float]] = deque()
+        self._queued_rows = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._busy = False
@@ -84,7 +251,10 @@ class MicroBatcher:
     async def submit(self, frame: pd.DataFrame) -> Outputs:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._queue.append((frame, future))
+        now = loop.time()
+        self.arrivals.observe(now)
+        self._queue.append((frame, future, now))
+        self._queued_rows += len(frame)
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run())
@@ -114,36 +284,51 @@ class MicroBatcher:
                 self._busy = False
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait for company until the batch is full, the window closes, or nobody else can
-        come (every outstanding request is queued)."""
+        """Wait for company until the batch is full, the window closes, nobody else can come
+        (every outstanding request is queued, or the next is due after the window), or the
+        oldest request must go to be answered within the target's budget."""
         assert self._wake is not None
-        deadline = loop.time() + self.latency.window_ms / 1000.0
-        if self._outstanding is not None and deadline > loop.time():
+        started = loop.time()
+        if self._outstanding is not None and self.latency.window_ms > 0:
             # Let the requests just answered finish first: until they do, they still count
             # as outstanding.
             await asyncio.sleep(0)
-        while self._rows() < self.config.max_batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
+        while self._queue and self._queued_rows < self.latency.max_rows:
             if self._outstanding is not None and self._outstanding() <= len(self._queue):
                 return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
+            wait = self._wait_s(loop.time(), started)
+            if wait <= 0:
                 return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
 
-    def _rows(self) -> int:
-        return sum(len(frame) for frame, _ in self._queue)
+    def _wait_s(self, now: float, started: float) -> float:
+        """How much longer the queued requests may wait for company; 0 or less: go now."""
+        deadline = started + self.latency.window_ms / 1000.0
+        budget = self.latency.budget_ms
+        if budget is not None:
+            rows = min(self._queued_rows, self.latency.max_rows)
+            oldest = self._queue[0][2]
+            deadline = min(deadline, oldest + budget / 1000.0 - self.cost.estimate(rows))
+        if now >= deadline:
+            return 0.0
+        hint = self.arrivals.wait_s(now, deadline)
+        return deadline - now if hint is None else hint
 
-    def _take(self) -> list[tuple[pd.DataFrame, asyncio.Future[Outputs]]]:
+    def _take(self) -> list[tuple[pd.DataFrame, asyncio.Future[Outputs], float]]:
+        latency, limit = self.latency, self.config.max_batch_size
+        cap = latency.rows_for_call()
         taken = [self._queue.popleft()]
         rows = len(taken[0][0])
-        while self._queue and rows + len(self._queue[0][0]) <= self.config.max_batch_size:
+        while self._queue and rows + len(self._queue[0][0]) <= cap:
             item = self._queue.popleft()
             taken.append(item)
             rows += len(item[0])
+        left = len(self._queue[0][0]) if self._queue else limit
+        if cap == latency.max_rows < limit and rows + left <= limit:  # a probe is no cut
+            latency.cut()
+        self._queued_rows -= rows
         return taken
 
     def _call(self, frames: list[pd.DataFrame]) -> Outputs:
@@ -156,11 +341,13 @@ class MicroBatcher:
     async def _predict(
         self,
         loop: asyncio.AbstractEventLoop,
-        taken: list[tuple[pd.DataFrame, asyncio.Future[Outputs]]],
+        taken: list[tuple[pd.DataFrame, asyncio.Future[Outputs], float]],
     ) -> None:
-        frames = [frame for frame, _ in taken]
+        frames = [frame for frame, _, _ in taken]
+        rows = sum(len(f) for f in frames)
         if self._on_batch is not None:
-            self._on_batch(sum(len(f) for f in frames))
+            self._on_batch(rows)
+        started = loop.time()  # the hand-off to the thread and back counts: requests wait it
         try:
             outputs = await loop.run_in_executor(self.executor, self._call, frames)
         except Exception as exc:
@@ -168,7 +355,7 @@ class MicroBatcher:
                 _fail(taken[0][1], exc)
                 return
             # One request's rows may be what broke the batch: retry each alone, so only it fails.
-            for frame, future in taken:
+            for frame, future, _ in taken:
                 try:
                     result = await loop.run_in_executor(self.executor, self.predict, frame)
                 except Exception as exc:
@@ -176,8 +363,9 @@ class MicroBatcher:
                 else:
                     _resolve(future, result)
             return
+        self.cost.observe(rows, loop.time() - started)
         start = 0
-        for frame, future in taken:
+        for frame, future, _ in taken:
             end = start + len(frame)
             _resolve(future, {name: values[start:end] for name, values in outputs.items()})
             start = end
