@@ -419,3 +419,75 @@ def test_one_broken_alias_target_does_not_hold_up_the_others(client: Berth) -> N
         assert (await infer(path, "right", frame(1.0))).info.version == 1
 
     with_pool(client, body)
+
+
+class Where(SumModel):
+    """Remembers the thread of every call, and sleeps ``delay_s`` in it."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.threads: list[str] = []
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        return super().predict(frame)
+
+
+def test_a_lone_request_to_a_cheap_tabular_model_runs_on_the_loop(client: Berth) -> None:
+    """No thread hop when nobody else is there to batch with; requests that come together still
+    go to the inference thread and share calls."""
+    import threading
+
+    register(client, Where(), "lone")
+
+    streak = pool_module.LONE_STREAK
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        loop_thread = threading.current_thread().name
+        for i in range(streak + 5):
+            result = await infer(path, "lone", frame(float(i), b=1.0))
+            assert result.outputs["prediction"].tolist() == [i + 1.0]
+        served = pool.served[("lone", 1)]
+        threads = model_of(served).threads
+        # Alone for a while before it is taken for alone.
+        assert all(t.startswith("predict-lone-1") for t in threads[:streak]), threads
+        assert threads[streak:] == [loop_thread] * 5
+        assert served.inline
+        await asyncio.gather(*(infer(path, "lone", frame(float(i))) for i in range(8)))
+        together = model_of(served).threads[streak + 5 :]
+        assert together
+        assert all(t.startswith("predict-lone-1") for t in together), together
+        assert len(together) < 8  # batched
+
+    with_pool(client, body)
+
+
+def test_a_slow_model_goes_back_to_its_thread(client: Berth) -> None:
+    register(client, Where(delay_s=0.12), "slow")
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        for i in range(pool_module.LONE_STREAK + 3):
+            await infer(path, "slow", frame(float(i)))
+        served = pool.served[("slow", 1)]
+        assert not served.inline
+        threads = model_of(served).threads[pool_module.LONE_STREAK :]
+        assert len(threads) == 3
+        assert not threads[0].startswith("predict-")  # on the loop, once: over 100 ms
+        assert all(t.startswith("predict-slow-1") for t in threads[1:]), threads
+
+    with_pool(client, body)
+
+
+def test_a_model_that_waits_for_company_never_runs_on_the_loop(client: Berth) -> None:
+    register(client, Where(), "patient")
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        await infer(path, "patient", frame(1.0))
+        served = pool.served[("patient", 1)]
+        assert not served.inline
+        assert model_of(served).threads[0].startswith("predict-patient-1")
+
+    with_pool(client, body, {"patient": ModelServing(max_latency_ms=2.0)})
