@@ -569,15 +569,36 @@ def test_the_cap_grows_back_when_larger_batches_are_cheaper_per_row() -> None:
     assert window.max_rows == 64
 
 
-def test_a_cap_that_cuts_batches_at_a_size_never_measured_grows() -> None:
+def test_a_cap_about_to_cut_at_a_size_never_measured_lifts_at_once() -> None:
+    """Under light load the cap may fall past sizes no batch ever had (it cuts nothing then);
+    when load grows, it must not hold rows back on no measure until the next look at the p99."""
     window = controller(100.0)
-    measured(window.cost, linear, (1, 2, 4, 8))
+    measured(window.cost, linear, (1, 2))
     for _ in range(10):
         feed(window, 500.0)
-    assert window.max_rows == 8
-    window.cut()  # more rows were queued than the cap let go
-    feed(window, 500.0)
-    assert window.max_rows == 16
+    assert window.max_rows == 2  # past the sizes never seen; below 2 a row costs more
+    assert window.lift()  # 3-4 rows were never timed: up at once
+    assert window.max_rows == 4
+    window.cost.observe(8, linear(8))
+    assert not window.lift()  # 5-8 rows measured: the cap stands until the next look at the p99
+    assert window.max_rows == 4
+
+
+def test_the_batcher_lifts_a_cap_that_stands_on_no_measure(executor: ThreadPoolExecutor) -> None:
+    fake = FakePredictor()
+    config = BatchingConfig(max_batch_size=64, max_latency_ms=20, target_p99_ms=100.0)
+    batcher = MicroBatcher(fake, config, executor)
+    measured(batcher.cost, linear, (1, 2))
+    for _ in range(10):
+        feed(batcher.latency, 500.0)
+    assert batcher.latency.max_rows == 2
+
+    async def go() -> list[Outputs]:
+        return await asyncio.gather(*(batcher.submit(rows(float(i))) for i in range(16)))
+
+    run(go())
+    assert fake.sizes[0] == 16  # one call: no size above 2 was measured to cap it at
+    assert batcher.latency.max_rows == 16
 
 
 def test_without_a_target_nothing_is_capped() -> None:

@@ -19,8 +19,8 @@ sizes (1, 2, 3-4, 5-8, ..., each call timed from the event loop). From them:
 - the **rows per call** are capped: while the p99 is over the target the cap halves, but only
   past sizes never seen or to a size measured clearly cheaper per row (a costlier one would
   spend throughput; one call at a size not measured yet times it first). It doubles back when
-  larger batches are measured cheaper per row, when it cuts batches at a size not measured
-  yet, or with headroom unless smaller batches are clearly cheaper.
+  larger batches are measured cheaper per row, or with headroom unless smaller batches are
+  clearly cheaper; and at once rather than leave rows behind at a size never measured.
 
 Why the cap rarely moves: with a cost of ``a + b * rows`` per call, a fixed part and a part per
 row (what most models show), leaving queued rows for a later call never shortens the longest
@@ -137,7 +137,6 @@ class LatencyWindow:
         self.budget_ms = None if target is None else 0.8 * target
         self._top = bucket(config.max_batch_size)
         self._level = self._top  # the cap is min(max_batch_size, 2 ** level)
-        self._cut = False
         self._probe = False
         self._samples: deque[float] = deque(maxlen=size)
         self._since_adjust = 0
@@ -156,9 +155,15 @@ class LatencyWindow:
             return min(self.config.max_batch_size, 1 << max(self._level - 1, 0))
         return self.max_rows
 
-    def cut(self) -> None:
-        """Note that the cap left rows behind that ``max_batch_size`` would have taken."""
-        self._cut = True
+    def lift(self) -> bool:
+        """The cap is about to leave rows behind that ``max_batch_size`` would take: doubles it
+        at once if no batch of the size above was ever timed (the cap went there while nothing
+        that large came, so it stands on no measure). Returns whether it did."""
+        if self._level < self._top and self.cost.per_row(self._level + 1) is None:
+            self._level += 1
+            self._since_change = 0
+            return True
+        return False
 
     def observe(self, latency_ms: float) -> None:
         self._samples.append(latency_ms)
@@ -193,7 +198,6 @@ class LatencyWindow:
             self.window_ms = min(max(self.window_ms * 1.2, 0.2), target / 2)
             self.budget_ms = min(self.budget_ms * 1.1, 0.8 * target)
         self._level = self._next_level(over, headroom)
-        self._cut = False
         if (self.window_ms, self.budget_ms, self._level) != before:
             self._since_change = 0
 
@@ -201,12 +205,8 @@ class LatencyWindow:
         j, per_row = self._level, self.cost.per_row
         if j < self._top:
             up, here = per_row(j + 1), per_row(j)
-            if (
-                _cheaper(up, here)  # throughput first
-                or (self._cut and up is None)  # it cuts batches at a size never measured
-                or (headroom and not _cheaper(here, up, _CLEARLY))
-            ):
-                return j + 1
+            if _cheaper(up, here) or (headroom and not _cheaper(here, up, _CLEARLY)):
+                return j + 1  # throughput first
         if over and j > 0:
             here, below = per_row(j), per_row(j - 1)
             # Unmeasured here: the cap cuts nothing seen. Noise is no reason to go lower.
@@ -321,13 +321,16 @@ class MicroBatcher:
         cap = latency.rows_for_call()
         taken = [self._queue.popleft()]
         rows = len(taken[0][0])
-        while self._queue and rows + len(self._queue[0][0]) <= cap:
-            item = self._queue.popleft()
-            taken.append(item)
-            rows += len(item[0])
-        left = len(self._queue[0][0]) if self._queue else limit
-        if cap == latency.max_rows < limit and rows + left <= limit:  # a probe is no cut
-            latency.cut()
+        while self._queue:
+            size = len(self._queue[0][0])
+            if rows + size > cap:
+                # A probe is no cut; a cap that stands on no measure goes up instead.
+                if cap != latency.max_rows or rows + size > limit or not latency.lift():
+                    break
+                cap = latency.max_rows
+                continue
+            taken.append(self._queue.popleft())
+            rows += size
         self._queued_rows -= rows
         return taken
 
