@@ -71,7 +71,10 @@ def test_each_request_gets_one_json_access_log_line(
 
     with caplog.at_level(logging.INFO, logger="berth.access"):
         asyncio.run(go())
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "berth.access"]
+    records = [r for r in caplog.records if r.name == "berth.access"]
+    # Written off the event loop, and all of them by the end of the shutdown.
+    assert {r.threadName for r in records} == {"berth-access-log"}
+    lines = [json.loads(r.getMessage()) for r in records]
     assert [(x["method"], x["path"], x["status"]) for x in lines] == [
         ("POST", "/v1/predict/kept", 200),
         ("GET", "/v2/models/nope", 404),

@@ -32,6 +32,8 @@ def create_app(
     version loaded) and, on shutdown, lets queued requests finish and flushes records."""
     options = options or ServeOptions()
 
+    closing: list[Callable[[], None]] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await path.start()
@@ -39,6 +41,8 @@ def create_app(
             yield
         finally:
             await path.close()
+            for close in closing:
+                close()
             if on_shutdown is not None:
                 on_shutdown()
 
@@ -59,7 +63,11 @@ def create_app(
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     front: ASGIApp = InferenceRoutes(app.fastapi, path, options.max_body_bytes)
-    app.front = AccessLog(front) if options.access_log else front
+    if options.access_log:
+        access = AccessLog(front)
+        closing.append(access.close)
+        front = access
+    app.front = front
     return app
 
 

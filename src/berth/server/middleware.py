@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -83,10 +85,20 @@ async def _reject(send: Send, status: int, message: str) -> None:
 
 
 class AccessLog:
-    """One JSON line per request: method, path, status, duration and the client."""
+    """One JSON line per request: method, path, status, duration and the client.
+
+    The line is built on the event loop and handed to a writer thread, which logs it (record,
+    handlers, the write to stderr or a file): a log handler's lock, formatting and a write
+    system call per request were work the event loop did for every prediction, and DESIGN.md
+    keeps logging I/O off the request path. :meth:`close` (the app's shutdown) writes what is
+    left, so a clean shutdown loses no line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._lines: deque[str] = deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
@@ -105,15 +117,45 @@ class AccessLog:
             await self.app(scope, receive, capture)
         finally:
             client: Any = scope.get("client")
-            access_log.info(
-                orjson.dumps(
-                    {
-                        "ts": time.time(),
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 3),
-                        "client": client[0] if client else None,
-                    }
-                ).decode()
-            )
+            line = orjson.dumps(
+                {
+                    "ts": time.time(),
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                    "client": client[0] if client else None,
+                }
+            ).decode()
+            self._lines.append(line)
+            if self._writer is None:
+                self._start()
+            self._wake.set()
+
+    def close(self) -> None:
+        """Write every line still waiting and stop the writer (it starts again if needed)."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._wake.set()
+            writer.join(timeout=10)
+        self._drain()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._run, name="berth-access-log", daemon=True
+                )
+                self._writer.start()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while self._writer is me:
+            self._wake.wait()
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._lines:
+            access_log.info(self._lines.popleft())
