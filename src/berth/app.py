@@ -86,12 +86,18 @@ class Berth:
         code_path: Path | None = None,
         save_options: Mapping[str, Any] | None = None,
         source: str | None = None,
+        measure_latency: bool = True,
     ) -> VersionInfo:
         """Save ``model`` as the next immutable version of ``name``.
 
         ``training_data`` gives the signature (when not given), the data fingerprint and the
         reference profile that drift monitoring compares traffic with. ``trusted=True`` allows
-        formats that run code when loaded (pickle) and is recorded on the version.
+        formats that run code when loaded (pickle) and is recorded on the version. With
+        ``training_data``, the saved model is also loaded back and timed on its rows (single rows
+        and a batch: half a second of calls after the load, ten seconds at most, while a second
+        copy of the model is in memory), stored as ``lineage["latency"]`` and shown by
+        ``berth models show``; ``measure_latency=False`` skips it. A model that fails there only
+        gets no figure.
         Raises ``InvalidInputError`` for a bad name, signature, metric or training data and
         ``UntrustedArtifactError`` when the model needs a code-executing format without trust.
         """
@@ -113,6 +119,7 @@ class Berth:
             code_path=code_path,
             save_options=save_options,
             source=source,
+            measure_latency=measure_latency,
         )
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -128,6 +128,9 @@ def show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
     if env:
         packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
         bold("environment", f" Python {env.get('python')}; {packages}")
+    latency = info.lineage.get("latency")
+    if latency:
+        bold("latency", " " + _latency(latency))
 
 
 @app.command("history")
@@ -178,6 +181,13 @@ def register(
     trusted: Annotated[
         bool, typer.Option(help="Allow formats that run code when loaded (pickle). Vet first.")
     ] = False,
+    measure_latency: Annotated[
+        bool,
+        typer.Option(
+            help="Load the saved model back and time it on rows of --training-data (shown by "
+            "`models show`)."
+        ),
+    ] = True,
 ) -> None:
     """Register a saved model as the next version of NAME.
 
@@ -211,6 +221,7 @@ def register(
         description=description,
         trusted=trusted,
         source=str(path.resolve()),
+        measure_latency=measure_latency,
     )
     for a in alias:
         c.set_alias(name, a, info.version)
@@ -277,6 +288,23 @@ def _signature_table(signature: Signature) -> Table:
         classes = ", ".join(map(str, o.classes)) if o.classes else ""
         table.add_row(f"→ {o.name}", f"{o.dtype} {list(o.shape)}", classes)
     return table
+
+
+def _latency(figures: dict[str, Any]) -> str:
+    """The registration's timing of the predictor alone (validation and transport come on top)."""
+    text = (
+        f"one row {figures['single_row_ms']:.3g} ms (median of {figures['single_row_calls']} "
+        f"calls, p90 {figures['single_row_p90_ms']:.3g} ms)"
+    )
+    if "batch_rows" in figures:
+        per_row = figures["batch_ms_per_row"]
+        rows_per_s = f", {float(f'{1e3 / per_row:.3g}'):,.0f} rows/s" if per_row > 0 else ""
+        text += f"; {figures['batch_rows']:,} rows at once {per_row * 1e3:.3g} µs a row{rows_per_s}"
+    text += f"; load {figures['load_ms']:,.0f} ms"
+    threads = figures.get("openmp_threads")
+    if threads:
+        text += f"; {threads} OpenMP thread{'s' if threads > 1 else ''}"
+    return text + " (measured at registration)"
 
 
 def _version_dict(v: VersionInfo) -> dict[str, object]:

@@ -3,19 +3,31 @@
 The order matters for atomicity: the artifact is saved into a staging folder, sealed into the
 content-addressed store, and only then is the version row inserted in one transaction. A crash at
 any point leaves either no version or a complete one.
+
+Between the two, the sealed artifact is loaded back as the server would load it and timed on rows
+of the training data (:func:`time_predictions`), so that every version says what one row and a
+batch cost before anyone deploys it. The figure goes into the version's lineage under
+``"latency"``; a model that fails on its own training data, or takes too long, gets no figure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import math
+import threading
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
+from berth.config import ThreadLimits
 from berth.errors import InvalidInputError
 from berth.flavors import detect_flavor, get_flavor
 from berth.flavors.base import Flavor
@@ -26,8 +38,29 @@ from berth.registry.service import NewVersion, Registry, VersionInfo
 from berth.registry.signature import Signature, infer_signature
 from berth.runtime.codecs import to_columns
 from berth.runtime.validation import validate
+from berth.types import Predictor
 
 TrainingData = pd.DataFrame | Sequence[str]
+
+log = logging.getLogger("berth.registry")
+
+
+@dataclass(frozen=True)
+class LatencyProbe:
+    """How registration times a new version's predictions (see :func:`time_predictions`)."""
+
+    single_calls: int = 50
+    """Single-row calls timed after one warm-up call, each on another row of the training data."""
+    batch_rows: int = 1_000
+    """Rows of the one batched call; fewer when the data has fewer or the budget is short."""
+    budget_s: float = 0.5
+    """Time for the calls after the load: the single rows get up to half, the batch the rest
+    (its size is cut to what the single-row median says fits)."""
+    timeout_s: float = 10.0
+    """The longest a registration waits for the load and the calls; past it, no figure."""
+
+
+LATENCY_PROBE = LatencyProbe()
 
 
 def register_model(
@@ -47,6 +80,8 @@ def register_model(
     code_path: Path | None = None,
     save_options: Mapping[str, Any] | None = None,
     source: str | None = None,
+    measure_latency: bool = True,
+    probe: LatencyProbe = LATENCY_PROBE,
 ) -> VersionInfo:
     check_model_name(name)
     checked_metrics = _metrics(metrics)
@@ -73,6 +108,10 @@ def register_model(
     with registry.store.staging() as stage:
         options = chosen.save(model, stage, trusted=trusted, **dict(save_options or {}))
         artifact = registry.store.commit(stage)
+    if measure_latency and frame is not None:
+        latency = time_predictions(chosen, artifact.path, options, sig, frame, probe, label=name)
+        if latency is not None:
+            lineage["latency"] = latency
     new = NewVersion(
         model=name,
         digest=artifact.digest,
@@ -89,6 +128,163 @@ def register_model(
         trusted=trusted,
     )
     return registry.create_version(new, actor=actor)
+
+
+def time_predictions(
+    flavor: Flavor,
+    folder: Path,
+    options: Mapping[str, Any],
+    signature: Signature,
+    sample: pd.DataFrame,
+    probe: LatencyProbe = LATENCY_PROBE,
+    *,
+    label: str = "model",
+) -> dict[str, Any] | None:
+    """Load the artifact in ``folder`` as the server does and time its predictor on ``sample``
+    (validated rows); ``None`` when it fails or runs past ``probe.timeout_s`` (logged, never
+    raised: a registration does not depend on it).
+
+    The calls run on a thread of their own with the server's default thread limits for tabular
+    models (one OpenMP thread; text models keep the process's torch threads), and time the
+    predictor alone, the model's share of a request: validation and transport come on top.
+    Returns milliseconds: ``single_row_ms`` (median) and ``single_row_p90_ms`` over
+    ``single_row_calls`` calls, ``batch_rows`` and ``batch_ms_per_row`` (absent when the budget
+    left no room for a batch), ``load_ms``, and ``openmp_threads`` for tabular models.
+    """
+    if not len(sample):
+        return None
+    outcome: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["figures"] = _time_calls(
+                flavor, folder, dict(options), signature, sample, probe, stop
+            )
+        except Exception as exc:  # any failure of the user's model only costs it the figure
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"berth-latency-{label}", daemon=True)
+    thread.start()
+    thread.join(probe.timeout_s)
+    if thread.is_alive():
+        stop.set()
+        log.warning(
+            "%s: no latency figure: loading and timing took over %.3g s (the probe stops in "
+            "the background when its current call returns)",
+            label,
+            probe.timeout_s,
+        )
+        return None
+    error = outcome.get("error")
+    if error is not None:
+        log.warning(
+            "%s: no latency figure: predicting on the training data failed: %s: %s",
+            label,
+            type(error).__name__,
+            error,
+        )
+        return None
+    figures: dict[str, Any] = outcome["figures"]
+    return figures
+
+
+def _time_calls(
+    flavor: Flavor,
+    folder: Path,
+    options: dict[str, Any],
+    signature: Signature,
+    sample: pd.DataFrame,
+    probe: LatencyProbe,
+    stop: threading.Event,
+) -> dict[str, Any]:
+    threads = ThreadLimits().threads if flavor.modality == "tabular" else None
+    with _openmp_limit(threads):
+        started = time.perf_counter()
+        predictor = flavor.load(folder, options, signature)
+        loaded = time.perf_counter()
+        figures = _single_rows(predictor, sample, probe, stop, until=loaded + probe.budget_s / 2)
+        if not stop.is_set():
+            median = figures["single_row_ms"] / 1e3
+            figures.update(_batch(predictor, sample, probe, median, until=loaded + probe.budget_s))
+    figures["load_ms"] = _ms(loaded - started)
+    if threads is not None:
+        figures["openmp_threads"] = threads
+    return figures
+
+
+def _single_rows(
+    predictor: Predictor,
+    sample: pd.DataFrame,
+    probe: LatencyProbe,
+    stop: threading.Event,
+    *,
+    until: float,
+) -> dict[str, Any]:
+    picks = np.unique(np.linspace(0, len(sample) - 1, probe.single_calls + 1).astype(np.intp))
+    rows = [sample.iloc[[i]].reset_index(drop=True) for i in picks]
+    predictor.predict(rows[0])  # a first call's set-up is not what a row costs
+    seconds: list[float] = []
+    for row in rows[1:] or rows:
+        before = time.perf_counter()
+        predictor.predict(row)
+        seconds.append(time.perf_counter() - before)
+        if before > until or stop.is_set():
+            break
+    return {
+        "single_row_ms": _ms(float(np.median(seconds))),
+        "single_row_p90_ms": _ms(float(np.percentile(seconds, 90))),
+        "single_row_calls": len(seconds),
+    }
+
+
+def _batch(
+    predictor: Predictor,
+    sample: pd.DataFrame,
+    probe: LatencyProbe,
+    single_row_s: float,
+    *,
+    until: float,
+) -> dict[str, Any]:
+    """A small batch first (costed at the single-row median, an upper bound): what it costs a
+    row says how large a batch the rest of the budget holds."""
+    size = min(_TRIAL_ROWS, probe.batch_rows, len(sample))
+    if size < 2 or time.perf_counter() + size * single_row_s > until:
+        return {}
+    per_row = _time_batch(predictor, sample, size)
+    left = until - time.perf_counter()
+    larger = min(probe.batch_rows, len(sample), int(left / per_row) if per_row > 0 else 0)
+    if larger > size:
+        size, per_row = larger, _time_batch(predictor, sample, larger)
+    return {"batch_rows": size, "batch_ms_per_row": _ms(per_row)}
+
+
+_TRIAL_ROWS = 8
+
+
+def _time_batch(predictor: Predictor, sample: pd.DataFrame, rows: int) -> float:
+    batch = sample.iloc[:rows].reset_index(drop=True)
+    before = time.perf_counter()
+    predictor.predict(batch)
+    return (time.perf_counter() - before) / rows
+
+
+def _openmp_limit(threads: int | None) -> contextlib.AbstractContextManager[object]:
+    """OpenMP keeps its thread count per thread, so this limit ends with the probe's thread."""
+    if threads is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # without it, the libraries' own defaults, as in the server
+        return contextlib.nullcontext()
+    limit: contextlib.AbstractContextManager[object] = threadpool_limits(
+        limits=threads, user_api="openmp"
+    )
+    return limit
+
+
+def _ms(seconds: float) -> float:
+    return float(f"{seconds * 1e3:.4g}")
 
 
 def _check_save_options(flavor: Flavor, options: Mapping[str, Any]) -> None:
