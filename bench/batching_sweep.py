@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from serve_bench import (
     CPUS,
     RESULTS,
     Load,
+    Server,
     berth_server,
     check_answer,
     measure,
@@ -80,6 +82,28 @@ def register_sentiment(home: Path) -> None:
         code_path=Path(sentiment.__file__).parent,
     )
     client.set_alias("sentiment", "production", info.version)
+
+
+def batch_totals(server: Server) -> tuple[float, float]:
+    """Rows predicted and predictor calls so far for sentiment, from the server's /metrics."""
+    with urllib.request.urlopen(f"{server.base}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in totals:
+            if line.startswith(f"berth_batch_size_{kind}{{") and 'model="sentiment"' in line:
+                totals[kind] += float(line.rsplit(" ", 1)[1])
+    return totals["sum"], totals["count"]
+
+
+def measure_point(ld: Load, c: int, args: argparse.Namespace, round_: int) -> dict[str, Any]:
+    """serve_bench's measure (warm-up, idle wait, timed run), and the mean rows per predictor
+    call over both, from the server's batch-size histogram."""
+    rows0, calls0 = batch_totals(ld.server)
+    run = measure(ld, c, args, round_)
+    rows1, calls1 = batch_totals(ld.server)
+    run["rows_per_call"] = (rows1 - rows0) / max(calls1 - calls0, 1.0)
+    return run
 
 
 def sentences(count: int = 64) -> list[str]:
@@ -124,6 +148,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                     "reachable": reachable,
                     "met": r["p99_ms"] <= SLACK * target,
                     "other_cpu_cores": r["other_cpu_cores"],
+                    "server_cpu_us_per_request": r["server_cpu_us_per_request"],
+                    "rows_per_call": r.get("rows_per_call"),
+                    "no_target_rows_per_call": base.get("rows_per_call"),
                 }
             )
     reachable = [r for r in rows if r["reachable"]]
@@ -174,11 +201,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "A target is reachable at a connection count when some server had a p99 at or under it "
         "there (no target, or any target): under a closed loop of N connections, latency is N "
-        "over throughput, so nothing gets under the model's best p99 at that load.",
+        "over throughput, so nothing gets under the model's best p99 at that load. Rows per "
+        "call (from the server's batch-size histogram) cover the warm-up and the run; server "
+        "CPU per request is the steadier figure when other processes load the machine.",
         "",
         "| conns | target ms | req/s | vs no target | p50 ms | p99 ms | p99 / target "
-        "| no-target p99 ms | reachable | met | other load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+        "| reachable | met | rows per call | server CPU us/req | other load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     runs = results["runs"]
     for c in s["connections"]:
@@ -186,7 +215,8 @@ def markdown(results: dict[str, Any]) -> str:
         if base is not None:
             lines.append(
                 f"| {c} | none | {base['requests_per_s']:.0f} | 1.00 | {base['p50_ms']:.1f} | "
-                f"{base['p99_ms']:.1f} | - | - | - | - | {base['other_cpu_cores']:.2f} |"
+                f"{base['p99_ms']:.1f} | - | - | - | {_rows(base.get('rows_per_call'))} | "
+                f"{base['server_cpu_us_per_request']:.0f} | {base['other_cpu_cores']:.2f} |"
             )
         for r in summary["points"]:
             if r["connections"] != c:
@@ -194,12 +224,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {c} | {r['target_ms']:g} | {r['requests_per_s']:.0f} | "
                 f"{r['vs_no_target']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['p99_over_target']:.2f} | {r['no_target_p99_ms']:.1f} | "
+                f"{r['p99_over_target']:.2f} | "
                 f"{'yes' if r['reachable'] else 'no'} | {'yes' if r['met'] else 'NO'} | "
+                f"{_rows(r.get('rows_per_call'))} | {r['server_cpu_us_per_request']:.0f} | "
                 f"{r['other_cpu_cores']:.2f} |"
             )
     lines += ["", "![p99 and requests/s against the target](batching_sweep.png)", ""]
     return "\n".join(lines)
+
+
+def _rows(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
@@ -340,7 +375,7 @@ def main() -> int:
             for i, c in enumerate(CONNECTIONS):
                 order = setups if (i + round_) % 2 else list(reversed(setups))
                 for target in order:
-                    run = measure(loads[target], c, args, round_)
+                    run = measure_point(loads[target], c, args, round_)
                     run["target_p99_ms"] = target
     finally:
         for ld in loads.values():
