@@ -257,10 +257,14 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         points = [(t, best(runs, setup_name(t), c)) for t in targets]
         xs = [t for t, r in points if r]
         base = best(runs, NONE, c)
-        left.plot(xs, [r["p99_ms"] for _, r in points if r], "o-", color=color, label=f"c={c}")
-        right.plot(
-            xs, [r["requests_per_s"] for _, r in points if r], "o-", color=color, label=f"c={c}"
+        left.plot(
+            xs,
+            [r["p99_ms"] for _, r in points if r],
+            "o-",
+            color=color,
+            label=f"{c} connection{'s' if c > 1 else ''}",
         )
+        right.plot(xs, [r["requests_per_s"] for _, r in points if r], "o-", color=color)
         if base is not None:
             left.axhline(base["p99_ms"], color=color, linestyle="--", linewidth=0.8)
             right.axhline(base["requests_per_s"], color=color, linestyle="--", linewidth=0.8)
@@ -284,14 +288,14 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     left.set_title("p99 against the target (dashed: no target)")
     right.set_title("throughput against the target (dashed: no target)")
     right.set_ylim(bottom=0)
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize=8, frameon=False)
     quick = " (quick run)" if s["quick"] else ""
     fig.suptitle(
         f"sentiment, max_batch_size 64, max_latency_ms 50: {results['finished']}{quick}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
