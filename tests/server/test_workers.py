@@ -5,9 +5,13 @@ the records and removes the metrics folder."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -76,6 +81,7 @@ class Workers:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=True,  # its own process group: the workers go with it in stop()
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -106,8 +112,8 @@ class Workers:
         return {int(pid) for pid in WORKER.findall(self.log)}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # workers a failed test left running too
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self._reader.join(5)
         if self.proc.stderr is not None:
@@ -151,18 +157,64 @@ def record_files(root: Path) -> Iterator[Path]:
     yield from (root / f"model={NAME}").glob("date=*/*.parquet")
 
 
-def writers_by_version(root: Path) -> dict[int, set[int]]:
-    """Which processes wrote records of each version: a queued writer's file is one version's,
-    named after the writing process."""
+def writers(root: Path) -> dict[str, int]:
+    """Which process wrote each prediction's record: a queued writer's file is named after its
+    process (until compaction merges it)."""
     import pyarrow.parquet as pq
 
-    found: dict[int, set[int]] = {}
+    found: dict[str, int] = {}
     for f in record_files(root):
         named = RECORD_FILE.match(f.name)
         if named:
-            for version in set(pq.read_table(f, columns=["version"]).column(0).to_pylist()):
-                found.setdefault(version, set()).add(int(named.group(1)))
+            for pid in pq.read_table(f, columns=["prediction_id"]).column(0).to_pylist():
+                found[pid] = int(named.group(1))
     return found
+
+
+@contextlib.contextmanager
+def paused(pids: set[int]) -> Iterator[None]:
+    """The workers stopped (SIGSTOP) while the block runs, so that connections made meanwhile
+    wait in the kernel; then resumed one at a time, a moment apart, as a busy machine may
+    schedule them. With one shared socket the first to run took every connection waiting."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in sorted(pids):
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.3)
+
+
+def open_connections(url: str, count: int) -> list[http.client.HTTPConnection]:
+    where = urlsplit(url)
+    host, port = where.hostname or "127.0.0.1", where.port or 80
+    opened = []
+    for _ in range(count):
+        conn = http.client.HTTPConnection(host, port, timeout=15.0)
+        conn.sock = socket.create_connection((host, port))  # connected: the kernel's backlog
+        opened.append(conn)
+    return opened
+
+
+def predict_on(opened: list[http.client.HTTPConnection], each: int = 5) -> list[tuple[int, str]]:
+    """``each`` predictions on every kept-alive connection, one thread per connection."""
+    body = json.dumps({"records": [ROW]})
+    headers = {"Content-Type": "application/json"}
+
+    def use(conn: http.client.HTTPConnection) -> list[tuple[int, str]]:
+        answers = []
+        with contextlib.closing(conn):
+            for _ in range(each):
+                conn.request("POST", f"/v1/predict/{NAME}", body, headers)
+                r = conn.getresponse()
+                doc = json.loads(r.read())
+                assert r.status == 200, doc
+                answers.append((doc["version"], doc["predictions"][0]["prediction_id"]))
+        return answers
+
+    with ThreadPoolExecutor(len(opened)) as pool:
+        return [a for answers in pool.map(use, opened) for a in answers]
 
 
 def compact_twice_at_once(root: Path) -> None:
@@ -234,9 +286,19 @@ def test_two_workers_add_up(
         sent += after
         assert [v for v, _ in after] == [2] * 120
 
-        # Both workers answered, before the move and after: each wrote records of each version.
+        # A burst of kept-alive connections (a client pool, a load generator) is spread over
+        # the workers: not taken whole by the first to wake, as one shared socket allows.
+        with paused(first):
+            opened = open_connections(url, 16)
+        burst = predict_on(opened)
+        sent += burst
+
+        # Both workers answered before the move, after it, and in the burst.
         wait_until(lambda: len(RecordReader(root).read(NAME)) == len(sent), 20.0, "records")
-        assert writers_by_version(root) == {1: first, 2: first}
+        wrote = writers(root)
+        for version in (1, 2):
+            assert {wrote[p] for v, p in sent if v == version} == first, f"v{version}"
+        assert {wrote[p] for _, p in burst} == first, "one worker took every connection"
 
         # -- a worker dies: uvicorn starts another; the dead one's counts stay, its gauges go
         killed = min(first)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
 from typing import Annotated, Any
 
@@ -138,7 +142,100 @@ def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> Non
     common["log_config"] = _worker_logging()
     # Workers inherit the folder's name and sum their metrics there; it goes when they have.
     with multiprocess_folder():
-        uvicorn.run("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        if not _BALANCED:
+            uvicorn.run("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+            return
+        config = uvicorn.Config("berth.app:server_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        Workers(config, workers).run()
+
+
+_BALANCED = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+"""Where the kernel spreads connections over the sockets of one SO_REUSEPORT group."""
+_STARTUP_FAILURE = 3  # a uvicorn worker's exit status when its app failed to start
+_log = logging.getLogger("uvicorn.error")
+
+
+class Workers:
+    """``workers`` uvicorn worker processes serving one port, each on a listening socket of its
+    own in one SO_REUSEPORT group, so that the kernel spreads new connections over them.
+
+    uvicorn's own supervisor hands every worker the one socket it bound, and the worker that
+    wakes first accepts every connection waiting: the 16 connections a load generator opened at
+    once went all to one worker in two runs out of three here, and the other worker idled. A
+    worker that exits is replaced on a fresh socket (the dead one's is closed, so that the kernel
+    gives new connections to the live workers meanwhile); one whose app fails to start stops the
+    server. SIGINT and SIGTERM stop every worker gracefully."""
+
+    def __init__(self, config: Any, workers: int) -> None:
+        self.config = config
+        self.count = workers
+        self.stopping = threading.Event()
+        self.port = 0
+
+    def run(self) -> None:
+        sockets = [self._bind(self.config.port)]
+        self.port = sockets[0].getsockname()[1]
+        sockets += [self._bind(self.port) for _ in range(self.count - 1)]
+        scheme = "https" if self.config.is_ssl else "http"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        _log.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, host, self.port)
+        _log.info("Started parent process [%d]", os.getpid())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        processes = [self._start(sock) for sock in sockets]
+        try:
+            while not self.stopping.wait(0.5):
+                self._replace_exited(processes, sockets)
+        finally:
+            _log.info("stopping the workers")
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()  # SIGTERM: each finishes its requests, flushes records
+            for process in processes:
+                process.join()
+            for sock in sockets:
+                sock.close()
+
+    def _replace_exited(self, processes: list[Any], sockets: list[socket.socket]) -> None:
+        for i, process in enumerate(processes):
+            if process.is_alive():
+                continue
+            process.join()
+            if process.exitcode == _STARTUP_FAILURE:
+                _log.error("worker [%d] failed to start: stopping the server", process.pid)
+                self.stopping.set()
+                return
+            _log.info("worker [%d] exited (%s): starting another", process.pid, process.exitcode)
+            sockets[i].close()
+            sockets[i] = self._bind(self.port)
+            processes[i] = self._start(sockets[i])
+
+    def _bind(self, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.config.host, port))
+        return sock
+
+    def _start(self, sock: socket.socket) -> Any:
+        import multiprocessing
+
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked
+        process = spawn.Process(target=_serve_on, args=(self.config, sock), name="berth-worker")
+        process.start()
+        return process
+
+
+def _serve_on(config: Any, sock: socket.socket) -> None:
+    """A worker process: uvicorn on one listening socket (the app is built here, by the
+    factory named in ``config``)."""
+    import uvicorn
+
+    config.configure_logging()  # a spawned process starts with none
+    # SIGINT is raised again after the graceful shutdown: nothing to add to it.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def _worker_logging() -> dict[str, Any]:
