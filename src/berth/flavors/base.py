@@ -25,9 +25,12 @@ from berth.registry.profile import Embedder
 from berth.registry.signature import Dtype, Output, Signature
 from berth.types import Predictor
 
-TABULAR_BATCHING = BatchingConfig(max_batch_size=32, max_latency_ms=0.0)
+TABULAR_BATCHING = BatchingConfig(max_batch_size=1024, max_latency_ms=0.0)
 """Tabular models never wait (a lone request runs at once) but take together whatever queued
-while the previous call ran: under load that tripled credit-risk's throughput on two cores."""
+while the previous call ran: under load that tripled credit-risk's throughput on two cores.
+Up to 1,024 rows a call, so that requests of many rows share calls too (with 32, a 64-row
+request went alone every time): a tree ensemble pays per call (a Python-level step per tree)
+far more than per row, and 1,024 rows take a few milliseconds."""
 
 TEXT_BATCHING = BatchingConfig(max_batch_size=32, max_latency_ms=5.0)
 """Transformers gain several-fold from batches, worth a short wait for company."""

@@ -14,6 +14,7 @@ import gc
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,8 +59,8 @@ class ServedModel:
     after a batch): run there, it would hold the loop while the others arrive, where the
     thread would have let the loop read them meanwhile; so only a request that follows
     ``LONE_STREAK`` lone ones runs inline. It stays on while such calls take under
-    ``INLINE_MAX_MS`` on average (a model that turns out slower goes back to its thread after a
-    few calls, or after one call over 100 ms), and only for requests of at most
+    ``INLINE_MAX_MS`` (the median of the last 16; a model that turns out slower goes back to
+    its thread after a few calls, or after one call over 100 ms), and only for requests of at most
     ``INLINE_MAX_ROWS`` rows, so the loop is never held for long."""
 
     info: VersionInfo
@@ -71,8 +72,8 @@ class ServedModel:
     inflight: int = 0
     inline: bool = False
     on_batch: Callable[[int], None] | None = None
-    inline_ms: float = 0.0
-    """A moving average of the inline calls' durations, from the second on."""
+    inline_ms: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+    """The last inline calls' durations (ms), from the second on."""
     inline_calls: int = 0
     lone_streak: int = 0
 
@@ -101,15 +102,16 @@ class ServedModel:
             took = (time.perf_counter() - started) * 1000.0
             self.inline_calls += 1
             if self.inline_calls > 1:  # a first call pays for lazy set-up: it says nothing
-                self.inline_ms = (
-                    took if self.inline_calls == 2 else 0.8 * self.inline_ms + 0.2 * took
-                )
-            if (self.inline_calls > 5 and self.inline_ms > INLINE_MAX_MS) or took > 100.0:
+                self.inline_ms.append(took)
+            # The median, not a mean: a call that waited for the GIL while a writer thread
+            # flushed (15 ms for a 0.7 ms model) says nothing of the model either.
+            typical = sorted(self.inline_ms)[len(self.inline_ms) // 2] if self.inline_ms else 0.0
+            if (len(self.inline_ms) >= 8 and typical > INLINE_MAX_MS) or took > 100.0:
                 self.inline = False
                 log.info(
                     "%s: lone requests go to the inference thread (%.1f ms a call)",
                     self.info.ref,
-                    took,
+                    typical if took <= 100.0 else took,
                 )
             if self.on_batch is not None:
                 self.on_batch(len(frame))

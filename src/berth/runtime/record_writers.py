@@ -33,7 +33,6 @@ log = logging.getLogger("berth.records")
 AUTO_PREFIX = "auto-"
 LIBRARY_PREFIX = "library-"
 """Keyed files of library calls: one per call, unique, so compaction may merge them."""
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,7 @@ class QueuedRecordWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop_compacting = threading.Event()
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         if self._thread is not None:  # called for every record: no lock once running
@@ -104,6 +104,7 @@ class QueuedRecordWriter:
         with self._lock:
             if self._thread is not None:
                 return
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="berth-records", daemon=True)
             self._thread.start()
             if self.limits.compact_interval_s:
@@ -133,24 +134,14 @@ class QueuedRecordWriter:
         if thread is None or not thread.is_alive():
             self.flush_now()
             return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.error("the record writer is stuck; %d batches were not written", self.depth)
-            return
+        self._stopping.set()
         thread.join(timeout)
         if thread.is_alive():
             log.error("the record writer did not finish in %.0f s; records may be lost", timeout)
 
     def flush_now(self) -> None:
         """Write what is queued from the calling thread (tests, shutdown)."""
-        pending = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                item = self._queue.get_nowait()
-                if item is not _STOP:
-                    pending.append(item)
-        self._write_safely(pending)
+        self._write_safely(self._take_queued())
 
     def _count_dropped(self, rows: int) -> None:
         with self._lock:
@@ -159,23 +150,21 @@ class QueuedRecordWriter:
             self._on_drop(rows)
 
     def _run(self) -> None:
-        pending: list[RecordBatch] = []
-        deadline = time.monotonic() + self.limits.flush_interval_s
+        """Sleeps until a flush is due, then takes everything queued: waiting on the queue
+        itself woke this thread for every request (the queue's condition, the GIL handed over
+        and back), which cost the event loop more than the record did."""
         while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._write_safely(pending)
+            stopping = self._stopping.wait(self.limits.flush_interval_s)
+            self._write_safely(self._take_queued())
+            if stopping:
                 return
-            if item is not None:
-                pending.append(item)
-            if time.monotonic() >= deadline:
-                self._write_safely(pending)
-                pending = []
-                deadline = time.monotonic() + self.limits.flush_interval_s
+
+    def _take_queued(self) -> list[RecordBatch]:
+        pending = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                pending.append(self._queue.get_nowait())
+        return pending
 
     def _compact_forever(self) -> None:
         """In a thread of its own, so that writing never waits for a compaction."""

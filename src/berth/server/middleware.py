@@ -84,14 +84,18 @@ async def _reject(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+WRITE_INTERVAL_S = 0.2
+
+
 class AccessLog:
     """One JSON line per request: method, path, status, duration and the client.
 
-    The line is built on the event loop and handed to a writer thread, which logs it (record,
-    handlers, the write to stderr or a file): a log handler's lock, formatting and a write
-    system call per request were work the event loop did for every prediction, and DESIGN.md
-    keeps logging I/O off the request path. :meth:`close` (the app's shutdown) writes what is
-    left, so a clean shutdown loses no line."""
+    The line is built on the event loop and left for a writer thread, which logs what has
+    gathered every ``WRITE_INTERVAL_S`` (record, handlers, the write to stderr or a file): a
+    log handler's lock, formatting and a write system call per request were work the event loop
+    did for every prediction, and waking a thread per line handed the GIL over and back for
+    each; DESIGN.md keeps logging I/O off the request path. :meth:`close` (the app's shutdown)
+    writes what is left, so a clean shutdown loses no line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -130,7 +134,6 @@ class AccessLog:
             self._lines.append(line)
             if self._writer is None:
                 self._start()
-            self._wake.set()
 
     def close(self) -> None:
         """Write every line still waiting and stop the writer (it starts again if needed)."""
@@ -152,8 +155,7 @@ class AccessLog:
     def _run(self) -> None:
         me = threading.current_thread()
         while self._writer is me:
-            self._wake.wait()
-            self._wake.clear()
+            self._wake.wait(WRITE_INTERVAL_S)
             self._drain()
 
     def _drain(self) -> None:
