@@ -71,11 +71,13 @@ class Workers:
         env.update(BERTH_USER="server", TMPDIR=str(tmp))
         exe = Path(sys.executable).parent / "berth"
         self.workers = workers
+        self.env = env
+        self.command = [
+            *(str(exe), "--home", str(home), "serve", "--workers", str(workers)),
+            *("--poll-interval", str(POLL_S), "--no-access-log"),
+        ]
         self.proc = subprocess.Popen(
-            [
-                *(str(exe), "--home", str(home), "serve", "--port", "0"),
-                *("--workers", str(workers), "--poll-interval", str(POLL_S), "--no-access-log"),
-            ],
+            [*self.command, "--port", "0"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -265,6 +267,16 @@ def test_two_workers_add_up(
         assert len(first) == 2, server.log
         (folder,) = tmp.glob("berth-metrics-*")  # made by the parent before the workers
         assert gauge_pids(folder) == first
+        # A second server on the port is refused, not joined to this one's SO_REUSEPORT group
+        # (it runs meanwhile and is looked at below).
+        second = subprocess.Popen(
+            [*server.command, "--port", str(urlsplit(url).port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=server.env,
+        )
 
         # -- requests over many connections: counted once in /metrics, whichever worker answers
         sent += predict_fresh(url, 200)
@@ -318,6 +330,9 @@ def test_two_workers_add_up(
         assert len(server.pids - first) == 1
         assert gauge_pids(folder) == server.pids - {killed}
         assert_counted(url, len(sent))
+        _, refused = second.communicate(timeout=60)
+        assert second.returncode != 0
+        assert refused.splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:"), refused
 
         server.proc.send_signal(signal.SIGTERM)
         returncode = server.proc.wait(30)

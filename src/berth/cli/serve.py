@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from berth.errors import UnavailableError
+
 from .context import client
 from .output import console, log_to_stderr
 
@@ -173,9 +175,15 @@ class Workers:
         self.port = 0
 
     def run(self) -> None:
-        sockets = [self._bind(self.config.port)]
-        self.port = sockets[0].getsockname()[1]
-        sockets += [self._bind(self.port) for _ in range(self.count - 1)]
+        """Serve until SIGINT or SIGTERM. Raises ``UnavailableError`` when the port is taken."""
+        self.port = self._claim(self.config.port)
+        sockets: list[socket.socket] = []
+        try:
+            sockets += [self._bind(self.port) for _ in range(self.count)]
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         scheme = "https" if self.config.is_ssl else "http"
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         _log.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, host, self.port)
@@ -207,15 +215,42 @@ class Workers:
                 return
             _log.info("worker [%d] exited (%s): starting another", process.pid, process.exitcode)
             sockets[i].close()
-            sockets[i] = self._bind(self.port)
+            try:
+                sockets[i] = self._bind(self.port)
+            except UnavailableError as exc:  # the port was taken meanwhile
+                _log.error("%s: stopping the server", exc)
+                self.stopping.set()
+                return
             processes[i] = self._start(sockets[i])
 
+    def _claim(self, port: int) -> int:
+        """The port (a free one for 0), after checking that nothing listens on it: a socket
+        of another SO_REUSEPORT group there (another server of this user) would otherwise be
+        joined without a word, and the two servers would share the connections."""
+        with self._socket() as probe:
+            try:
+                probe.bind((self.config.host, port))
+            except OSError as exc:
+                where = f"{self.config.host}:{port}"
+                raise UnavailableError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            return int(probe.getsockname()[1])
+
     def _bind(self, port: int) -> socket.socket:
+        sock = self._socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((self.config.host, port))
+        except OSError as exc:
+            sock.close()
+            where = f"{self.config.host}:{port}"
+            raise UnavailableError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        return sock
+
+    def _socket(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        # IPPROTO_TCP named, so that accepted sockets say TCP and get TCP_NODELAY.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self.config.host, port))
         return sock
 
     def _start(self, sock: socket.socket) -> Any:
