@@ -52,8 +52,9 @@ class Berth:
         (served, batch, library): the seam where privacy policies plug in."""
         self.settings = settings or Settings()
         self.record_policy = record_policy
-        self.db = Database(self.settings.resolved_database_url())
         self.store = ArtifactStore(self.settings.resolved_artifact_root())
+        # With the store, a lost database is refused, not re-created empty beside its artifacts.
+        self.db = Database(self.settings.resolved_database_url(), artifacts=self.store)
         self.registry = Registry(self.db, self.store)
         self.actor = self.settings.user or _os_user()
         self._path: InferencePath | None = None

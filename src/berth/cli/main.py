@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import batch, demo, logs, models, predict, records, schedules, serve
+from . import batch, demo, doctor, logs, models, predict, records, schedules, serve
 from .context import configure
 from .errors import BerthGroup
 
@@ -25,16 +25,24 @@ app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
 app.command("logs")(logs.logs)
+app.command("doctor")(doctor.doctor)
 
 
 @app.command("gc")
 def gc(
     ctx: typer.Context,
     older_than: Annotated[
-        float, typer.Option(help="Only remove leftovers older than this many seconds.")
+        float,
+        typer.Option(
+            help="Remove leftovers without a known owner, and unreferenced artifacts, only "
+            "when older than this many seconds."
+        ),
     ] = 3600.0,
 ) -> None:
     """Remove what interrupted registrations left behind (never a registered version).
+
+    A staging folder whose registration process is gone (same host, pid not running) goes at
+    once; one of a running registration stays.
 
     Example: berth gc --older-than 600
     """

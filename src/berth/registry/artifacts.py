@@ -4,6 +4,14 @@ An artifact is a folder of files (a flavor's saved model). Its address is the SH
 that lists every file's relative path, size and SHA-256, so one digest pins every byte. Writes go to
 a staging folder under ``tmp/`` and are renamed into ``sha256/ab/cdef...`` only when complete and
 flushed; nothing ever reads ``tmp/``, so a crash mid-write leaves nothing that a load would trust.
+Each staging folder has an owner record beside it (``stage-….owner``: pid, host, process start)
+so that ``berth gc`` can remove a dead registration's leftovers at once and keep a live one's.
+
+One artifact can serve several versions (the same bytes registered twice share it), so what a
+version *is* (model, number, signature, metrics, lineage, profile) cannot live in the artifact's
+hashed manifest, and its number is only known once the database hands it out. It is written,
+after the database commit, to a version record beside the store (:class:`VersionRecords`,
+``versions/MODEL/N.json``), with each model's aliases: enough to rebuild a lost registry.
 """
 
 from __future__ import annotations
@@ -12,18 +20,63 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 
 from berth.errors import ArtifactIntegrityError, NotFoundError
 
 MANIFEST = "MANIFEST.json"
+OWNER_SUFFIX = ".owner"
+RECORD_FORMAT = 1
 _CHUNK = 1 << 20
+
+OwnerState = Literal["running", "gone", "unknown"]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that made a staging folder. ``started`` (the process's start time in clock
+    ticks since boot, Linux) tells a pid the kernel reused for another process apart."""
+
+    pid: int
+    host: str
+    started: int | None = None
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(os.getpid(), socket.gethostname(), _process_start(os.getpid()))
+
+    def state(self) -> OwnerState:
+        """``gone`` only when this host can tell: same host and the pid is not that process."""
+        if self.host != socket.gethostname():
+            return "unknown"
+        if not _pid_running(self.pid):
+            return "gone"
+        if self.started is not None and _process_start(self.pid) not in (None, self.started):
+            return "gone"  # the pid now belongs to another process
+        return "running"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An entry of ``tmp/``: what an interrupted writer left, or a live writer's work."""
+
+    path: Path
+    owner: Owner | None
+    state: OwnerState
+    age_s: float
+
+    def size_bytes(self) -> int:
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
 @dataclass(frozen=True)
@@ -38,6 +91,7 @@ class ArtifactStore:
         self.root = root
         self._objects = root / "sha256"
         self._tmp = root / "tmp"
+        self.versions = VersionRecords(root / "versions", self._tmp)
 
     def path(self, digest: str) -> Path:
         return self._objects / digest[:2] / digest[2:]
@@ -47,14 +101,20 @@ class ArtifactStore:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh empty folder to save a model into; removed afterwards unless committed."""
+        """A fresh empty folder to save a model into; removed afterwards unless committed.
+
+        Its owner record is written first, so no sweep ever sees this folder without it."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         stage = self._tmp / f"stage-{uuid.uuid4().hex}"
+        owner = stage.with_name(stage.name + OWNER_SUFFIX)
+        me = Owner.current()
+        owner.write_bytes(orjson.dumps({"pid": me.pid, "host": me.host, "started": me.started}))
         stage.mkdir()
         try:
             yield stage
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+            owner.unlink(missing_ok=True)
 
     def commit(self, stage: Path) -> StoredArtifact:
         """Seal a staged folder: hash it, write its manifest, flush, and rename it into place."""
@@ -133,17 +193,160 @@ class ArtifactStore:
             if rest.is_dir()
         }
 
-    def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
-        """Remove what crashed writers left in ``tmp/``; returns how many entries went."""
+    def leftovers(self) -> list[Leftover]:
+        """Every staging folder and stray file in ``tmp/`` (owner records aside), with the
+        state of its owner: ``unknown`` when it has no record or ran on another host."""
         if not self._tmp.is_dir():
-            return 0
-        cutoff = time.time() - older_than_s
+            return []
+        now = time.time()
+        out = []
+        for entry in sorted(self._tmp.iterdir()):
+            if entry.name.endswith(OWNER_SUFFIX):
+                continue
+            try:
+                age = now - entry.stat().st_mtime
+            except FileNotFoundError:
+                continue  # its writer finished meanwhile
+            owner = _read_owner(entry.with_name(entry.name + OWNER_SUFFIX))
+            state: OwnerState = owner.state() if owner else "unknown"
+            out.append(Leftover(entry, owner, state, age))
+        return out
+
+    def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove what crashed writers left in ``tmp/``; returns how many entries went.
+
+        A leftover whose owner is gone (same host, process not running) goes at once; one whose
+        owner runs stays whatever its age (a long save); one without an owner record (older
+        Berth, a deleted artifact's remains) or from another host goes past ``older_than_s``."""
         gone = 0
-        for entry in self._tmp.iterdir():
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
+        for left in self.leftovers():
+            if left.state == "gone" or (left.state == "unknown" and left.age_s > older_than_s):
+                if left.path.is_dir():
+                    shutil.rmtree(left.path, ignore_errors=True)
+                else:
+                    left.path.unlink(missing_ok=True)
+                left.path.with_name(left.path.name + OWNER_SUFFIX).unlink(missing_ok=True)
                 gone += 1
+        self._sweep_owner_records()
         return gone
+
+    def _sweep_owner_records(self) -> None:
+        """Owner records whose folder is gone (a crash between the two), once the owner is."""
+        for record in self._tmp.glob(f"*{OWNER_SUFFIX}"):
+            folder = record.with_name(record.name.removesuffix(OWNER_SUFFIX))
+            owner = _read_owner(record)
+            if not folder.exists() and (owner is None or owner.state() == "gone"):
+                record.unlink(missing_ok=True)
+
+
+class VersionRecords:
+    """What each version is, on disk beside the artifacts: ``versions/MODEL/N.json`` (written
+    after the database commit, marked ``deleted_at`` when the version is deleted, so a number is
+    never handed out twice) and ``versions/MODEL/aliases.json`` (the model's aliases after its
+    latest move). The database stays the truth; these are what ``berth doctor --rebuild`` reads
+    when it is lost. Each file is written to ``tmp/`` and renamed into place."""
+
+    ALIASES = "aliases.json"
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.root = root
+        self._tmp = tmp
+
+    def path(self, model: str, version: int) -> Path:
+        return self.root / model / f"{version}.json"
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        body = {"format": RECORD_FORMAT, **record}
+        self._replace(self.path(str(record["model"]), int(record["version"])), body)
+
+    def mark_deleted(self, model: str, version: int, at: str) -> None:
+        path = self.path(model, version)
+        try:
+            record = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            record = {"format": RECORD_FORMAT, "model": model, "version": version}
+        record["deleted_at"] = at
+        self._replace(path, record)
+
+    def write_aliases(self, model: str, aliases: Mapping[str, int]) -> None:
+        self._replace(self.root / model / self.ALIASES, {"aliases": dict(sorted(aliases.items()))})
+
+    def count(self) -> int:
+        if not self.root.is_dir():
+            return 0
+        return sum(1 for _ in self.root.glob("*/[0-9]*.json"))
+
+    def read(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]], list[str]]:
+        """Every version record, every model's aliases, and the files that could not be read
+        (named, with why)."""
+        records: list[dict[str, Any]] = []
+        aliases: dict[str, dict[str, int]] = {}
+        unreadable: list[str] = []
+        if not self.root.is_dir():
+            return records, aliases, unreadable
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for file in sorted(folder.glob("*.json")):
+                try:
+                    data = orjson.loads(file.read_bytes())
+                except (OSError, orjson.JSONDecodeError) as exc:
+                    unreadable.append(f"{file}: {exc}")
+                    continue
+                if file.name == self.ALIASES:
+                    aliases[folder.name] = {str(k): int(v) for k, v in data["aliases"].items()}
+                elif data.get("model") != folder.name or not isinstance(data.get("version"), int):
+                    unreadable.append(f"{file}: not the record of {folder.name}/{file.stem}")
+                else:
+                    records.append(data)
+        return records, aliases, unreadable
+
+    def _replace(self, target: Path, body: Mapping[str, Any]) -> None:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = self._tmp / f"record-{uuid.uuid4().hex}.json"
+        temp.write_bytes(orjson.dumps(dict(body), option=orjson.OPT_SORT_KEYS))
+        fsync_path(temp)
+        os.replace(temp, target)
+        fsync_folder(target.parent)
+
+
+def _read_owner(path: Path) -> Owner | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+        return Owner(int(data["pid"]), str(data["host"]), data.get("started"))
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return _proc_state(pid) != "Z"  # a zombie has exited: gone all the same
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def _process_start(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None  # field 22 of /proc/PID/stat
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields after the command name (which may hold spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _walk(folder: Path) -> Iterator[str]:

@@ -6,7 +6,9 @@ transaction, so the audit log can never miss a change that happened or record on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,6 +47,8 @@ from berth.registry.tables import (
 
 _RETRIES = 5
 MAX_VERSION = 2**31 - 1
+
+log = logging.getLogger("berth.registry")
 
 
 @dataclass(frozen=True)
@@ -165,12 +169,24 @@ class Registry:
                         f"{new.model}/{number}",
                         {"digest": new.digest, "flavor": new.flavor, "trusted": new.trusted},
                     )
-                    return _version_info(new.model, row, ())
+                    info = _version_info(new.model, row, ())
+                    model_description = s.scalar(
+                        select(ModelRow.description).where(ModelRow.id == model_id)
+                    )
+                break
             except IntegrityError:
                 # Two writers created the same new model at once; the loser retries and finds it.
                 if attempt == _RETRIES - 1:
                     raise
-        raise AssertionError("unreachable")
+        else:
+            raise AssertionError("unreachable")
+        self._keep_record(
+            info.ref,
+            lambda: self.store.versions.write(
+                version_record(info, new.profile, model_description or "")
+            ),
+        )
+        return info
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str) -> int | None:
         """Point ``alias`` at ``version``; returns the version it pointed at before, if any."""
@@ -195,7 +211,8 @@ class Registry:
             else:
                 row.version, row.updated_at, row.updated_by = version, utcnow(), actor
             write_audit(s, actor, "alias.set", f"{name}@{alias}", {"from": previous, "to": version})
-            return previous
+        self._record_aliases(name)
+        return previous
 
     def delete_alias(self, name: str, alias: str, *, actor: str) -> int:
         with self.db.write() as s:
@@ -206,7 +223,8 @@ class Registry:
             previous = row.version
             s.delete(row)
             write_audit(s, actor, "alias.delete", f"{name}@{alias}", {"from": previous, "to": None})
-            return previous
+        self._record_aliases(name)
+        return previous
 
     def delete_version(self, name: str, version: int, *, actor: str) -> VersionInfo:
         """Delete a version; refused while an alias points at it. Its number is never reused."""
@@ -223,9 +241,114 @@ class Registry:
             s.delete(row)
             write_audit(s, actor, "version.delete", f"{name}/{version}", {"digest": row.digest})
             shared = s.scalar(select(func.count()).where(VersionRow.digest == row.digest))
+        self._keep_record(
+            info.ref,
+            lambda: self.store.versions.mark_deleted(name, version, utcnow().isoformat()),
+        )
         if not shared and self.store.exists(info.digest):
             self.store.delete(info.digest)
         return info
+
+    def restore(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        aliases: Mapping[str, Mapping[str, int]],
+        *,
+        actor: str,
+        details: Mapping[str, Any],
+    ) -> dict[str, int]:
+        """Fill an empty registry from version records (see ``VersionRecords``): the models,
+        each version under its own number, and the aliases whose version is restored. Records
+        marked deleted restore no version but keep their number from being handed out again.
+        One transaction with its audit event; refused unless the registry has no model."""
+        by_model: dict[str, list[Mapping[str, Any]]] = {}
+        for record in records:
+            by_model.setdefault(str(record["model"]), []).append(record)
+        restored = aliases_restored = 0
+        with self.db.write() as s:
+            held = s.scalar(select(func.count()).select_from(ModelRow))
+            if held:
+                raise ConflictError(
+                    f"metadata database {self.db.label} already holds {held} model(s): a "
+                    "registry is restored only into an empty database"
+                )
+            for name, group in sorted(by_model.items()):
+                group = sorted(group, key=lambda r: int(r["version"]))
+                live = [r for r in group if not r.get("deleted_at")]
+                first = live[0] if live else group[0]
+                created = _when(first.get("created_at"))
+                model = ModelRow(
+                    name=name,
+                    description=str(first.get("model_description", "")),
+                    tags={},
+                    last_version=max(int(r["version"]) for r in group),
+                    created_at=created,
+                    updated_at=_when(group[-1].get("created_at")),
+                )
+                s.add(model)
+                s.flush()
+                numbers = set()
+                for record in live:
+                    row = _row_from_record(model.id, record)
+                    s.add(row)
+                    s.flush()
+                    if record.get("profile") is not None:
+                        s.add(ProfileRow(version_id=row.id, profile=record["profile"]))
+                    numbers.add(row.version)
+                    restored += 1
+                for alias, version in sorted(aliases.get(name, {}).items()):
+                    if version in numbers:
+                        s.add(
+                            AliasRow(
+                                model_id=model.id,
+                                alias=alias,
+                                version=version,
+                                updated_at=utcnow(),
+                                updated_by=actor,
+                            )
+                        )
+                        aliases_restored += 1
+            write_audit(
+                s,
+                actor,
+                "registry.restore",
+                "registry",
+                {**details, "versions": restored, "aliases": aliases_restored},
+            )
+        return {"models": len(by_model), "versions": restored, "aliases": aliases_restored}
+
+    def write_missing_records(self) -> int:
+        """Write the version record of every version that has none (registered before Berth
+        wrote them), and every model's aliases; returns how many version records were written."""
+        written = 0
+        for summary in self.list_models():
+            for info in self.list_versions(summary.name):
+                if not self.store.versions.path(info.model, info.version).exists():
+                    profile = self.get_profile(info.model, info.version)
+                    self.store.versions.write(version_record(info, profile, summary.description))
+                    written += 1
+            self.store.versions.write_aliases(summary.name, summary.aliases)
+        return written
+
+    def _keep_record(self, what: str, write: Any) -> None:
+        """The database committed: a record that fails to write costs only a rebuild's view
+        of this version, so it is logged (and ``berth doctor`` reports it), never raised."""
+        try:
+            write()
+        except OSError as exc:
+            log.warning(
+                "%s: the version record beside the artifacts was not written (%s); "
+                "`berth doctor --write-records` writes it",
+                what,
+                exc,
+            )
+
+    def _record_aliases(self, name: str) -> None:
+        with self.db.read() as s:
+            aliases = _aliases(s, _model(s, name).id)
+        self._keep_record(
+            f"{name} aliases", lambda: self.store.versions.write_aliases(name, aliases)
+        )
 
     def collect_garbage(self, *, older_than_s: float = 3600.0, actor: str) -> dict[str, int]:
         """Remove what crashed registrations left: staging folders, and sealed artifacts that no
@@ -351,6 +474,13 @@ class Registry:
         model_id = s.scalar(select(ModelRow.id).where(ModelRow.name == name))
         if model_id is not None:
             return model_id
+        existing = s.scalar(select(ModelRow.name).where(func.lower(ModelRow.name) == name.lower()))
+        if existing is not None:
+            raise ConflictError(
+                f"model name {name!r} collides with the existing model {existing!r}: names that "
+                f"differ only in case are one name; register under {existing!r} or choose "
+                "another name"
+            )
         with s.begin_nested():
             row = ModelRow(
                 name=name,
@@ -396,6 +526,61 @@ def _aliases(s: Session, model_id: int) -> dict[str, int]:
 
 def _aliases_of(aliases: Mapping[str, int], version: int) -> tuple[str, ...]:
     return tuple(sorted(a for a, v in aliases.items() if v == version))
+
+
+def version_record(
+    info: VersionInfo, profile: Mapping[str, Any] | None, model_description: str
+) -> dict[str, Any]:
+    """What a version record holds: every column of the version, its profile, and its model's
+    description (a model row holds nothing else a rebuild needs)."""
+    return {
+        "model": info.model,
+        "version": info.version,
+        "model_description": model_description,
+        "digest": info.digest,
+        "size_bytes": info.size_bytes,
+        "flavor": info.flavor,
+        "flavor_options": info.flavor_options,
+        "signature": info.signature.to_dict(),
+        "metrics": info.metrics,
+        "params": info.params,
+        "lineage": info.lineage,
+        "tags": info.tags,
+        "description": info.description,
+        "trusted": info.trusted,
+        "created_at": info.created_at.isoformat(),
+        "created_by": info.created_by,
+        "profile": dict(profile) if profile is not None else None,
+    }
+
+
+def _row_from_record(model_id: int, record: Mapping[str, Any]) -> VersionRow:
+    return VersionRow(
+        model_id=model_id,
+        version=int(record["version"]),
+        digest=str(record["digest"]),
+        size_bytes=int(record["size_bytes"]),
+        flavor=str(record["flavor"]),
+        flavor_options=dict(record.get("flavor_options") or {}),
+        signature=dict(record["signature"]),
+        metrics=dict(record.get("metrics") or {}),
+        params=dict(record.get("params") or {}),
+        lineage=dict(record.get("lineage") or {}),
+        tags=dict(record.get("tags") or {}),
+        description=str(record.get("description", "")),
+        trusted=bool(record.get("trusted", False)),
+        created_at=_when(record.get("created_at")),
+        created_by=str(record.get("created_by", "unknown")),
+    )
+
+
+def _when(value: object) -> datetime:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(value)
+            if parsed.tzinfo is not None:
+                return parsed
+    return utcnow()
 
 
 def _version_info(model: str, row: VersionRow, aliases: Iterable[str]) -> VersionInfo:

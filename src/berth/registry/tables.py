@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -69,6 +70,12 @@ class ModelRow(Base):
     last_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+# Names that differ only in case are one name (``Credit-Risk`` beside ``credit-risk`` would be two
+# models a user cannot tell apart, and two folders of version records on a case-blind disk). The
+# service refuses them with a message; this index holds against concurrent writers too.
+Index("uq_models_name_lower", func.lower(ModelRow.name), unique=True)
 
 
 class VersionRow(Base):
