@@ -160,3 +160,9 @@ class ServeOptions(_Declared):
         default=10 * 1024 * 1024, ge=1, description="Larger request bodies get a 413."
     )
     access_log: bool = Field(default=True, description="One JSON line per request on stderr.")
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="A request body must arrive within this many seconds of its first read, "
+        "else 408 (a slow or stalled client would hold its connection and handler).",
+    )

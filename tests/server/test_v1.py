@@ -191,3 +191,52 @@ def test_openapi_documents_both_apis(http) -> None:
     assert "/v2/models/{name}/versions/{version}/infer" in paths
     body = paths["/v1/predict/{ref}"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["schema"]["properties"]) >= {"records", "texts", "unit_id"}
+
+
+# -- one rule for unit ids, in both APIs and the header -----------------------------------------
+
+
+def _unit_requests(served, unit: object, where: str) -> list[tuple[str, dict, dict]]:
+    one = {"records": _records(served.credit_rows.head(1))}
+    tensors = credit_tensors(served.credit_rows.head(1))
+    if where == "header":
+        headers = {"X-Berth-Unit": str(unit)}
+        return [
+            ("/v1/predict/credit", one, headers),
+            ("/v2/models/credit/infer", {"inputs": tensors}, headers),
+        ]
+    return [
+        ("/v1/predict/credit", {**one, "unit_id": unit}, {}),
+        ("/v2/models/credit/infer", {"parameters": {"unit_id": unit}, "inputs": tensors}, {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("unit", "fragment"),
+    [
+        (5, "must be a string, not int 5"),
+        (5.5, "not float"),
+        (True, "not bool"),
+        ({"id": 1}, "not dict"),
+        (["u"], "not list"),
+        ("", "must not be empty"),
+        ("u" * 257, "over the limit of 256"),
+    ],
+)
+def test_a_unit_id_that_is_not_a_short_string_is_a_400_on_both_apis(
+    http, served, unit: object, fragment: str
+) -> None:
+    for url, doc, headers in _unit_requests(served, unit, "body"):
+        response = http.post(url, json=doc, headers=headers)
+        assert response.status_code == 400, (url, response.text)
+        assert "'unit_id'" in response.json()["error"]
+        assert fragment in response.json()["error"], (url, response.text)
+
+
+def test_the_header_follows_the_same_rule(http, served) -> None:
+    for url, doc, headers in _unit_requests(served, "u" * 257, "header"):
+        response = http.post(url, json=doc, headers=headers)
+        assert response.status_code == 400, (url, response.text)
+        assert "over the limit of 256" in response.json()["error"]
+    for url, doc, headers in _unit_requests(served, "u" * 256, "header"):
+        assert http.post(url, json=doc, headers=headers).status_code == 200, url

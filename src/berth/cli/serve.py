@@ -38,6 +38,9 @@ def serve(
         float, typer.Option(help="Seconds between checks for alias moves (0: never).")
     ] = 2.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may take to arrive (else 408).", min=0.001)
+    ] = 30.0,
     threads: Annotated[
         int, typer.Option(help="OpenMP/BLAS threads per worker for tabular models.", min=1)
     ] = 1,
@@ -82,6 +85,7 @@ def serve(
             },
             "max_body_bytes": max(1, int(max_body_mb * 1024 * 1024)),
             "access_log": access_log,
+            "body_timeout_s": body_timeout,
         },
         "berth serve",
     )

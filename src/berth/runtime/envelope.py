@@ -34,13 +34,30 @@ class RequestContext:
 NO_CONTEXT = RequestContext()
 
 
+MAX_UNIT_ID_CHARS = 256
+"""The longest unit id accepted: ids of users or accounts, kept in every prediction record."""
+
+
 def first_unit_id(*candidates: object) -> str | None:
     """The first unit id given, in the adapter's order of precedence (body before header).
-    A unit id that is not a string is refused by name, wherever it came from."""
+
+    The one rule of every API and of the header form: a unit id is a string of 1 to
+    :data:`MAX_UNIT_ID_CHARS` characters. Anything else is refused by name, wherever it came
+    from (a number is not turned into a string: ``5`` and ``"5"`` would then be one unit in a
+    sticky assignment while the caller sent two kinds of value)."""
     for value in candidates:
         if value is None:
             continue
         if not isinstance(value, str):
-            raise InvalidInputError(f"'unit_id' must be a string, not {type(value).__name__}")
+            raise InvalidInputError(
+                f"'unit_id' must be a string, not {type(value).__name__} {value!r:.40}"
+                + (f' (send "{value}")' if type(value) in (int, float) else "")
+            )
+        if not value:
+            raise InvalidInputError("'unit_id' must not be empty")
+        if len(value) > MAX_UNIT_ID_CHARS:
+            raise InvalidInputError(
+                f"'unit_id' is {len(value)} characters, over the limit of {MAX_UNIT_ID_CHARS}"
+            )
         return value
     return None

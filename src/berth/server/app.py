@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,7 +20,7 @@ from berth.runtime.path import InferencePath
 from . import oip, v1
 from .dispatch import InferenceRoutes
 from .errors import berth_error, error_response, unexpected_error
-from .middleware import AccessLog, BodyLimit
+from .middleware import AccessLog, BodyLimit, RequestBody
 
 
 def create_app(
@@ -60,9 +60,11 @@ def create_app(
     app.add_exception_handler(BerthError, berth_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, unexpected_error)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     front: ASGIApp = InferenceRoutes(app.fastapi, path, options.max_body_bytes)
+    front = RequestBody(front, options.body_timeout_s)
     if options.access_log:
         access = AccessLog(front)
         closing.append(access.close)
@@ -72,8 +74,8 @@ def create_app(
 
 
 class BerthServer(FastAPI):
-    """The FastAPI app behind the inference routes' dispatch (see ``dispatch``) and the access
-    log, which see every request first."""
+    """The FastAPI app behind the inference routes' dispatch (see ``dispatch``), the body's
+    timeout and the access log, which see every request first."""
 
     front: ASGIApp
 
@@ -100,6 +102,12 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     return error_response(400, f"invalid request: {where}: {first.get('msg', 'malformed')}")
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    """A client that hung up mid-body (or was answered 408 by ``RequestBody``): no traceback,
+    and nothing to answer; the access log says which."""
+    return Response(status_code=499)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
