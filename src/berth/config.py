@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,25 @@ class Settings(BaseSettings):
         default=None,
         description="Actor recorded in the audit log; default the operating-system user.",
     )
+    max_unaliased_versions: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Versions no alias points at (asked for by number, or a bare name's newest) that "
+            "one server process keeps loaded at once; each worker of --workers N keeps its own. "
+            "They load on demand and the least recently used idle one is unloaded to make room; "
+            "aliased versions are never counted nor unloaded."
+        ),
+    )
+    max_unaliased_mb: float | None = Field(
+        default=None,
+        gt=0.0,
+        description=(
+            "Memory budget of those versions in MB, per process, on each version's footprint "
+            "measured at load (resident memory growth, at least its artifact's size); unset: "
+            "the count alone bounds them."
+        ),
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -61,6 +81,14 @@ class Settings(BaseSettings):
 
     def resolved_batch_root(self) -> Path:
         return (self.batch_root or self.home / "batch").resolve()
+
+    def memory_budget(self) -> MemoryBudget:
+        """The on-demand versions' budget these settings give (for :class:`PathOptions`)."""
+        mb = self.max_unaliased_mb
+        return MemoryBudget(
+            max_versions=self.max_unaliased_versions,
+            max_bytes=None if mb is None else max(1, int(mb * 1024 * 1024)),
+        )
 
 
 # -- tuning value objects ----------------------------------------------------------------------
@@ -93,9 +121,44 @@ class BatchingConfig(_Declared):
         return self.max_batch_size > 1
 
 
+LongText = Literal["truncate", "refuse"]
+_D = TypeVar("_D", bound=_Declared)
+
+
+class RequestLimits(_Declared):
+    """What one request to a model may ask for, so that one client cannot hold the server:
+    rows per request, characters per text, and time. Each flavor has defaults
+    (``Flavor.limits``); a serving config file's ``models`` table overrides them per model."""
+
+    max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows (or texts) per request; more gets a 413 naming the limit. Files "
+        "go through `berth batch run`, which has no such limit.",
+    )
+    max_text_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="Characters per text for text models; None: no limit. Far more than an "
+        "encoder reads (its tokenizer keeps its max length of tokens): the rest only costs "
+        "tokenizing.",
+    )
+    long_text: LongText = Field(
+        default="truncate",
+        description="A longer text is cut (the response's parameters list which rows) or "
+        "refused (422 naming the row).",
+    )
+    timeout_s: float | None = Field(
+        default=30.0,
+        gt=0.0,
+        description="A request not answered within this gets a 504 and its work is dropped "
+        "(taken off the queue, or its result discarded); None: no deadline.",
+    )
+
+
 class ModelServing(_Declared):
     """How one model is served, from the ``models`` table of a serving config file. Unset
-    batching settings take the flavor's defaults."""
+    batching settings and limits take the flavor's defaults."""
 
     max_batch_size: int | None = Field(default=None, ge=1, description="See BatchingConfig.")
     max_latency_ms: float | None = Field(default=None, ge=0.0, description="See BatchingConfig.")
@@ -106,13 +169,29 @@ class ModelServing(_Declared):
         "must not be kept at all).",
     )
 
+    max_rows: int | None = Field(default=None, ge=1, description="See RequestLimits.")
+    max_text_chars: int | None = Field(default=None, ge=1, description="See RequestLimits.")
+    long_text: LongText | None = Field(default=None, description="See RequestLimits.")
+    timeout_s: float | None = Field(
+        default=None, gt=0.0, description="See RequestLimits (0 is not allowed; set a long one)."
+    )
+
     def batching(self, default: BatchingConfig) -> BatchingConfig:
         """The flavor's default with the settings given here laid over it (a setting sent
         through JSON as null is one not given)."""
-        given = self.model_dump(exclude_none=True, exclude={"record"})
-        if not given:
-            return default
-        return BatchingConfig.model_validate({**default.model_dump(), **given})
+        return _laid_over(default, self.model_dump(exclude_none=True))
+
+    def limits(self, default: RequestLimits) -> RequestLimits:
+        """The flavor's limits with the ones given here laid over them."""
+        return _laid_over(default, self.model_dump(exclude_none=True))
+
+
+def _laid_over(default: _D, given: dict[str, object]) -> _D:
+    """``default`` with the ``given`` values of its own fields instead."""
+    mine = {k: v for k, v in given.items() if k in type(default).model_fields}
+    if not mine:
+        return default
+    return type(default).model_validate({**default.model_dump(), **mine})
 
 
 class ThreadLimits(_Declared):
@@ -133,6 +212,21 @@ class ThreadLimits(_Declared):
         return self.torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
 
 
+class MemoryBudget(_Declared):
+    """What a server process keeps loaded of the versions no alias points at: at most
+    ``max_versions`` of them and, when set, ``max_bytes`` of their measured footprints. One
+    version is always allowed, however large, so that none is unservable."""
+
+    max_versions: int = Field(
+        default=4, ge=1, description="Unaliased versions loaded at once (see Settings)."
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Their footprints' sum in bytes; None: the count alone.",
+    )
+
+
 class PathOptions(_Declared):
     """How the inference path runs, whichever adapter starts it (server, stream consumer)."""
 
@@ -146,9 +240,19 @@ class PathOptions(_Declared):
     models: dict[str, ModelServing] = Field(
         default_factory=dict, description="Per-model serving settings, by model name."
     )
+    memory: MemoryBudget | None = Field(
+        default=None,
+        description="Budget of the versions no alias points at; None: the settings' "
+        "(BERTH_MAX_UNALIASED_VERSIONS, BERTH_MAX_UNALIASED_MB), filled in by the "
+        "composition root of each process.",
+    )
 
     def serving(self, model: str) -> ModelServing:
         return self.models.get(model) or ModelServing()
+
+    def with_memory(self, default: MemoryBudget) -> PathOptions:
+        """These options, with ``default`` as the budget unless one was given."""
+        return self if self.memory is not None else self.model_copy(update={"memory": default})
 
 
 class ServeOptions(_Declared):

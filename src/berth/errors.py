@@ -11,14 +11,17 @@ that they name the thing that is wrong.
     │   └── VersionNotFoundError
     ├── InvalidInputError        kind "invalid_input"
     │   ├── InvalidReferenceError
-    │   └── SchemaError          (a batch that does not fit a signature)
+    │   ├── SchemaError          (a batch that does not fit a signature)
+    │   └── TooLargeError        (more than a limit allows: rows per request, a body)
     ├── ConflictError            kind "conflict"
     ├── UnauthorizedError        kind "unauthorized"
     ├── ForbiddenError           kind "forbidden"
     │   └── UntrustedArtifactError
     └── UnavailableError         kind "unavailable"
         ├── ArtifactIntegrityError
-        └── MissingExtraError
+        ├── MissingExtraError
+        ├── RetryLaterError      (unavailable now; ``retry_after_s`` says when to try again)
+        └── DeadlineExceededError (not answered within the request's deadline)
 """
 
 from __future__ import annotations
@@ -111,6 +114,10 @@ class SchemaError(InvalidInputError):
         self.feature = feature
 
 
+class TooLargeError(InvalidInputError):
+    """A request over one of the limits of what a request may ask (HTTP 413)."""
+
+
 class UntrustedArtifactError(ForbiddenError):
     pass
 
@@ -126,3 +133,24 @@ class MissingExtraError(UnavailableError):
         )
         self.module = module
         self.extra = extra
+
+
+class RetryLaterError(UnavailableError):
+    """Unavailable now but likely not for long (every slot for on-demand versions busy, a load
+    that failed moments ago): transports tell the client when to try again (HTTP
+    ``Retry-After``) instead of it hammering the server or giving up."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(UnavailableError):
+    """A request that was not answered in time; its work was dropped (HTTP 504)."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(
+            f"{what} was not answered within its deadline of {seconds:g} s; the work was "
+            "dropped (a smaller request, or a longer timeout_s in the serving config)"
+        )
+        self.seconds = seconds

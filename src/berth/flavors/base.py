@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import numpy.typing as npt
 
-from berth.config import BatchingConfig, ThreadLimits
+from berth.config import BatchingConfig, RequestLimits, ThreadLimits
 from berth.errors import InvalidInputError, MissingExtraError
 from berth.registry.profile import Embedder
 from berth.registry.signature import Dtype, Output, Signature
@@ -34,6 +34,16 @@ far more than per row, and 1,024 rows take a few milliseconds."""
 
 TEXT_BATCHING = BatchingConfig(max_batch_size=32, max_latency_ms=5.0)
 """Transformers gain several-fold from batches, worth a short wait for company."""
+
+TABULAR_LIMITS = RequestLimits(max_rows=100_000, timeout_s=30.0)
+"""100,000 rows take a tree ensemble a second or two; a 10 MB body holds about 15,000 rows of
+30 features anyway. More belongs in `berth batch run`."""
+
+TEXT_LIMITS = RequestLimits(max_rows=256, max_text_chars=10_000, timeout_s=60.0)
+"""A MiniLM reads 256 tokens of a text (its tokenizer cuts the rest): 10,000 characters is
+about 1,500 words, past what any 512-token encoder reads, so the cut changes no prediction and
+only saves tokenizing. 256 texts of that length take about 10 s on two cores here; 1,000 took
+55 s with 1.2 GB of memory."""
 
 Modality = Literal["tabular", "text"]
 
@@ -56,6 +66,8 @@ class Flavor(abc.ABC):
     """What the models take: named features, or text."""
     batching: ClassVar[BatchingConfig] = TABULAR_BATCHING
     """How the server groups concurrent requests for a version of this flavor by default."""
+    limits: ClassVar[RequestLimits] = TABULAR_LIMITS
+    """What one request may ask of a version of this flavor by default."""
 
     @abc.abstractmethod
     def matches(self, model: object) -> bool:
@@ -138,6 +150,7 @@ class TextFlavor(Flavor):
 
     modality = "text"
     batching = TEXT_BATCHING
+    limits = TEXT_LIMITS
 
     def configure_thread(self, limits: ThreadLimits) -> None:
         """torch's pool is process-wide: the cores divided by the server's workers."""

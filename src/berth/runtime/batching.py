@@ -256,6 +256,23 @@ class MicroBatcher:
         return len(self._queue)
 
     async def submit(self, frame: pd.DataFrame) -> Outputs:
+        """The outputs for ``frame``'s rows. A frame of more than ``max_batch_size`` rows goes
+        a call's worth at a time, each part to the back of the queue when the one before is
+        answered, so requests that arrive meanwhile share the calls instead of waiting for the
+        whole of it (a one-sentence request waited 16 s behind 200 texts)."""
+        limit = self.config.max_batch_size
+        if len(frame) <= limit:
+            return await self._submit(frame)
+        import numpy as np
+
+        parts = []
+        for start in range(0, len(frame), limit):
+            parts.append(
+                await self._submit(frame.iloc[start : start + limit].reset_index(drop=True))
+            )
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    async def _submit(self, frame: pd.DataFrame) -> Outputs:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
         now = loop.time()
@@ -284,9 +301,12 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
             await self._gather(loop)
+            taken = self._take()
+            if not taken:
+                continue
             self._busy = True
             try:
-                await self._predict(loop, self._take())
+                await self._predict(loop, taken)
             finally:
                 self._busy = False
 
@@ -323,7 +343,18 @@ class MicroBatcher:
         hint = self.arrivals.wait_s(now, deadline)
         return deadline - now if hint is None else hint
 
+    def _drop_abandoned(self) -> None:
+        """Take requests whose caller stopped waiting (a deadline passed) off the queue."""
+        if not any(future.done() for _, future, _ in self._queue):
+            return
+        kept = [entry for entry in self._queue if not entry[1].done()]
+        self._queue = deque(kept)
+        self._queued_rows = sum(len(frame) for frame, _, _ in kept)
+
     def _take(self) -> list[tuple[pd.DataFrame, asyncio.Future[Outputs], float]]:
+        self._drop_abandoned()
+        if not self._queue:
+            return []
         latency, limit = self.latency, self.config.max_batch_size
         cap = latency.rows_for_call()
         taken = [self._queue.popleft()]

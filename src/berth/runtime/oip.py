@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, Union, get_args
 
@@ -353,8 +354,10 @@ def encode(
     signature: Signature,
     requested: list[tuple[str, bool]],
     prediction_ids: list[str],
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary tensors follow it."""
+    """The response body, and the JSON header's length when binary tensors follow it;
+    ``parameters`` go into the response's beside the prediction ids."""
     wanted = requested or [(name, False) for name in outputs]
     declared = {o.name for o in signature.outputs} | set(outputs)
     tensors, blobs = [], []
@@ -371,7 +374,7 @@ def encode(
         "model_name": model,
         "model_version": str(version),
         "id": request_id,
-        "parameters": {"prediction_ids": prediction_ids},
+        "parameters": {"prediction_ids": prediction_ids, **(parameters or {})},
         "outputs": tensors,
     }
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

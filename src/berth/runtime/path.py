@@ -21,17 +21,23 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from berth.config import PathOptions
-from berth.errors import InvalidInputError
+from berth.config import PathOptions, RequestLimits
+from berth.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    SchemaError,
+    TooLargeError,
+)
+from berth.flavors import get_flavor
 from berth.registry.references import Reference, parse_reference
 from berth.runtime.codecs import InputBlock
 from berth.runtime.envelope import NO_CONTEXT, RequestContext
-from berth.runtime.pool import LoadState, ModelPool
+from berth.runtime.pool import LoadState, ModelPool, ServedModel
 from berth.runtime.routing import Choice, Resolver, Target, TrafficStrategy
 from berth.runtime.validation import check_columns, one_numeric_dtype, validate_columns
 
@@ -63,6 +69,8 @@ class Validated:
     """Positions of the predicted rows among the inputs; None when every row was kept."""
     bad_rows: np.ndarray[Any, Any]
     reasons: list[str]
+    truncated: np.ndarray[Any, Any] = field(default_factory=lambda: _NONE)
+    """Positions (among the predicted rows) of texts cut at the limit's ``max_text_chars``."""
 
     @property
     def rows(self) -> int:
@@ -84,12 +92,19 @@ class Result:
     prediction_ids: Sequence[str] | pa.Array
     latency_ms: float
     validated: Validated
-    recorded: Future[None] | None = None
-    """For a keyed record write: done once the records are on disk."""
+    recorded: Future[None] | asyncio.Future[None] | None = None
+    """For a keyed record write, or a durable record: done once the records are on disk."""
 
     @property
     def info(self) -> VersionInfo:
         return self.target.info
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """What a response says beside the predictions: which texts were cut."""
+        if not len(self.validated.truncated):
+            return {}
+        return {"truncated": self.validated.truncated.tolist()}
 
 
 class Backend(Protocol):
@@ -127,6 +142,7 @@ class InferencePath:
         self.records = records if self.options.record else None
         self.metrics = metrics
         self.local = LocalBackend(self.pool)
+        self._limits: dict[tuple[str, int], RequestLimits] = {}
 
     # -- lifecycle and status ------------------------------------------------------------------
 
@@ -220,22 +236,67 @@ class InferencePath:
 
     # -- run -----------------------------------------------------------------------------------
 
+    def limits(self, info: VersionInfo) -> RequestLimits:
+        """What one request to this version may ask: its flavor's limits with the serving
+        config's for its model laid over them."""
+        key = (info.model, info.version)
+        found = self._limits.get(key)
+        if found is None:
+            default = get_flavor(info.flavor).limits
+            found = self._limits[key] = self.options.serving(info.model).limits(default)
+        return found
+
     def validate(self, target: Target, inputs: Any, bad_rows: BadRows = "raise") -> Validated:
         """Check decoded inputs (a DataFrame, named columns, an Arrow table) against the
         target's signature. ``raise``: the first bad value fails the whole request, naming the
-        feature and row. ``refuse``: bad rows are set aside with their reasons."""
+        feature and row. ``refuse``: bad rows are set aside with their reasons. Texts over the
+        version's ``max_text_chars`` are cut or refused as its limits say."""
         signature = target.info.signature
+        limits = self.limits(target.info)
         if bad_rows == "raise":
             frame, columns = validate_columns(signature, inputs)
+            long = _long_texts(signature, columns, limits)
+            if long and limits.long_text == "refuse":
+                name, rows = next(iter(long.items()))
+                raise _too_long(target, name, int(rows[0]), columns[name], limits)
+            truncated = _cut(frame, columns, long, limits)
             record = _record_inputs(signature, inputs, columns, None, frame)
-            return Validated(frame, record, len(frame), None, _NONE, [])
+            return Validated(frame, record, len(frame), None, _NONE, [], truncated)
         if bad_rows != "refuse":
             raise InvalidInputError(f"bad_rows must be 'raise' or 'refuse', not {bad_rows!r}")
         checked = check_columns(signature, inputs)
-        rows_in = len(checked.kept) + len(checked.bad_rows)
-        kept = None if len(checked.kept) == rows_in else checked.kept
-        record = _record_inputs(signature, inputs, checked.columns, kept, checked.frame)
-        return Validated(checked.frame, record, rows_in, kept, checked.bad_rows, checked.reasons)
+        frame, columns, kept_rows = checked.frame, checked.columns, checked.kept
+        bad, reasons = checked.bad_rows, checked.reasons
+        rows_in = len(kept_rows) + len(bad)
+        long = _long_texts(signature, columns, limits)
+        if long and limits.long_text == "refuse":
+            refused = np.unique(np.concatenate(list(long.values())))
+            keep = np.ones(len(frame), dtype=bool)
+            keep[refused] = False
+            more = [
+                str(_too_long(target, n, int(r), columns[n], limits))
+                for n, rs in long.items()
+                for r in rs
+            ]
+            order = np.argsort(np.concatenate([bad, kept_rows[refused]]), kind="stable")
+            bad = np.concatenate([bad, kept_rows[refused]])[order]
+            reasons = [(reasons + more)[i] for i in order.tolist()]
+            frame = frame[keep].reset_index(drop=True)
+            columns = {name: values[keep] for name, values in columns.items()}
+            kept_rows = kept_rows[keep]
+            long = {}
+        truncated = _cut(frame, columns, long, limits)
+        kept = None if len(kept_rows) == rows_in else kept_rows
+        record = _record_inputs(signature, inputs, columns, kept, frame)
+        return Validated(frame, record, rows_in, kept, bad, reasons, truncated)
+
+    def _check_rows(self, target: Target, validated: Validated) -> None:
+        limit = self.limits(target.info).max_rows
+        if validated.rows_in > limit:
+            raise TooLargeError(
+                f"{target.info.ref} takes at most {limit:,} rows a request and this one has "
+                f"{validated.rows_in:,}: split it, or score a file with `berth batch run`"
+            )
 
     async def run(
         self,
@@ -256,7 +317,8 @@ class InferencePath:
         served.inflight += 1
         try:
             validated = self._validated(target, inputs, bad_rows)
-            outputs = await served.predict(validated.frame) if validated.rows else {}
+            self._check_rows(target, validated)
+            outputs = await self._predict(target, served, validated) if validated.rows else {}
         except Exception:
             self._count_error(target)
             raise
@@ -265,9 +327,24 @@ class InferencePath:
         latency_ms = (time.perf_counter() - started) * 1000.0
         if served.batcher is not None:
             served.batcher.latency.observe(latency_ms)
-        return self._finish(
+        result = self._finish(
             target, validated, outputs, latency_ms, mode, ids, record_key, served.serving.record
         )
+        if result.recorded is not None and record_key is None:
+            await asyncio.wrap_future(result.recorded)  # durable records: answered once logged
+        return result
+
+    async def _predict(self, target: Target, served: ServedModel, validated: Validated) -> Outputs:
+        """The prediction within the request's deadline: past it, the request is taken off
+        its version's queue (or its result dropped when the call is under way)."""
+        timeout = self.limits(target.info).timeout_s
+        if timeout is None:
+            return await served.predict(validated.frame)
+        try:
+            async with asyncio.timeout(timeout):
+                return await served.predict(validated.frame)
+        except TimeoutError:
+            raise DeadlineExceededError(f"a request to {target.info.ref}", timeout) from None
 
     def run_sync(
         self,
@@ -424,6 +501,53 @@ def _kept(ids: Sequence[str] | pa.Array, validated: Validated) -> Sequence[str] 
 
     assert isinstance(ids, pa.Array)
     return ids.take(pa.array(validated.kept, type=pa.int64()))
+
+
+def _long_texts(
+    signature: Signature, columns: Columns, limits: RequestLimits
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Rows of each text feature longer than the limit allows (none without a limit)."""
+    if limits.max_text_chars is None:
+        return {}
+    found = {}
+    for feature in signature.inputs:
+        if feature.dtype != "string" or feature.name not in columns:
+            continue
+        values = columns[feature.name]
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        rows = np.flatnonzero(lengths > limits.max_text_chars)
+        if len(rows):
+            found[feature.name] = rows
+    return found
+
+
+def _too_long(
+    target: Target, name: str, row: int, values: Any, limits: RequestLimits
+) -> SchemaError:
+    return SchemaError(
+        f"{name!r} of row {row} has {len(values[row]):,} characters; {target.info.ref} takes "
+        f"at most {limits.max_text_chars:,} (long_text = 'refuse')",
+        feature=name,
+    )
+
+
+def _cut(
+    frame: pd.DataFrame,
+    columns: Columns,
+    long: dict[str, np.ndarray[Any, Any]],
+    limits: RequestLimits,
+) -> np.ndarray[Any, Any]:
+    """Cut the long texts in place of the frame's and the columns' values; the rows cut."""
+    if not long:
+        return _NONE
+    size = limits.max_text_chars
+    for name, rows in long.items():
+        values = columns[name].copy()
+        for row in rows.tolist():
+            values[row] = values[row][:size]
+        columns[name] = values
+        frame[name] = values
+    return np.unique(np.concatenate(list(long.values())))
 
 
 def _record_inputs(

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from berth.errors import BerthError, ErrorKind, SchemaError
+from berth.errors import (
+    BerthError,
+    DeadlineExceededError,
+    ErrorKind,
+    RetryLaterError,
+    SchemaError,
+    TooLargeError,
+)
 
 log = logging.getLogger("berth.server")
 
@@ -33,12 +41,28 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
 
 def status_of(exc: BerthError) -> int:
     # A well-formed request whose values do not fit the signature is unprocessable, not malformed.
-    return 422 if isinstance(exc, SchemaError) else STATUS[exc.kind]
+    if isinstance(exc, SchemaError):
+        return 422
+    if isinstance(exc, TooLargeError):
+        return 413
+    if isinstance(exc, DeadlineExceededError):
+        return 504
+    return STATUS[exc.kind]
+
+
+def error_headers(exc: BerthError) -> list[tuple[bytes, bytes]]:
+    """Headers an error's response carries besides its body: ``Retry-After`` (whole seconds,
+    at least 1) when the error says when to try again."""
+    if isinstance(exc, RetryLaterError):
+        return [(b"retry-after", b"%d" % max(1, math.ceil(exc.retry_after_s)))]
+    return []
 
 
 async def berth_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BerthError)
-    return error_response(status_of(exc), str(exc))
+    response = error_response(status_of(exc), str(exc))
+    response.headers.update({k.decode(): v.decode() for k, v in error_headers(exc)})
+    return response
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

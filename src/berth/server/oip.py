@@ -154,6 +154,7 @@ async def infer_body(
         signature=result.info.signature,
         requested=inputs.outputs,
         prediction_ids=list(result.prediction_ids),
+        parameters=result.parameters,
     )
 
 
