@@ -224,7 +224,7 @@ def test_a_malformed_jsonl_line_refuses_its_row_alone(churn: Berth, tmp_path: Pa
     errors = pd.read_csv(tmp_path / "o.errors.csv")
     assert errors["row"].tolist() == [7, 12]
     assert errors["error"][0].startswith("line 8 is not JSON")
-    assert errors["error"][1] == "line 13 is a list, not an object"
+    assert errors["error"][1] == "line 13 is a list, not an object: [1, 2, 3]"
     assert len(pd.read_parquet(tmp_path / "o.parquet")) == 28
 
 

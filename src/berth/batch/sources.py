@@ -16,6 +16,7 @@ JSONL, SQL, DuckDB) sharing the text-column conversion; none holds model logic.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import orjson
 import pyarrow as pa
 
 from berth.batch.specs import Location
-from berth.errors import InvalidInputError, MissingExtraError, UnavailableError
+from berth.errors import InvalidInputError, MissingExtraError
 from berth.registry.signature import NUMERIC, Signature
 from berth.runtime.codecs import column
 
@@ -167,12 +168,39 @@ class ParquetReader(Reader):
             except Exception as exc:  # pyarrow raises several unrelated types for a bad file
                 self.close()
                 raise InvalidInputError(f"{name}: not a readable Parquet file: {exc}") from exc
+        self.names = names
         self.columns = list(self.files[0].schema_arrow.names)
-        for file, name in zip(self.files[1:], names[1:], strict=True):
-            absent = [c for c in wanted if c not in file.schema_arrow.names]
-            if absent:
-                self.close()
+        try:
+            self.schema = self._common_schema()
+        except InvalidInputError:
+            self.close()
+            raise
+
+    def _common_schema(self) -> pa.Schema | None:
+        """The wanted columns' types over every part: types that widen (int32 in one part, int64
+        in another) are read as the wider; others fail here, naming the part, not mid-job."""
+        common: pa.Schema | None = None
+        first = self.names[0]
+        for file, name in zip(self.files, self.names, strict=True):
+            arrow = file.schema_arrow
+            absent = [c for c in self.wanted if c not in arrow.names]
+            if absent:  # the first part's are found by check(), with the columns it has
+                if common is None:
+                    return None
                 raise InvalidInputError(f"{name}: part has no column {absent[0]!r}")
+            part = pa.schema([arrow.field(c) for c in self.wanted])
+            if common is None:
+                common = part
+                continue
+            try:
+                common = pa.unify_schemas([common, part], promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                column = next(f for f in part if common.field(f.name).type != f.type)
+                raise InvalidInputError(
+                    f"{name}: column {column.name!r} is {column.type} here but "
+                    f"{common.field(column.name).type} in {first}; give every part the same types"
+                ) from None
+        return common
 
     @property
     def total_rows(self) -> int:
@@ -185,7 +213,7 @@ class ParquetReader(Reader):
         def batches() -> Iterator[pa.RecordBatch]:
             to_skip = skip
             started = False  # once a group is kept, every later one is read whole
-            for file in self.files:
+            for file, name in zip(self.files, self.names, strict=True):
                 groups = []
                 for g in range(file.metadata.num_row_groups):
                     n = file.metadata.row_group(g).num_rows
@@ -196,9 +224,7 @@ class ParquetReader(Reader):
                     groups.append(g)
                 if not groups:
                     continue
-                for batch in file.iter_batches(
-                    batch_size=min(chunk_rows, 65_536), row_groups=groups, columns=self.wanted
-                ):
+                for batch in self._read(file, name, groups, min(chunk_rows, 65_536)):
                     if to_skip:
                         cut = min(to_skip, batch.num_rows)
                         batch, to_skip = batch.slice(cut), to_skip - cut
@@ -207,6 +233,28 @@ class ParquetReader(Reader):
 
         for i, table in enumerate(rechunk(batches(), chunk_rows)):
             yield Chunk(skip_chunks + i, first + i * chunk_rows, table)
+
+    def _read(
+        self, file: pq.ParquetFile, name: Path, groups: list[int], size: int
+    ) -> Iterator[pa.RecordBatch]:
+        """A part's batches in the common types; a damaged page (a checksum, a compressed block
+        that does not decode) ends the job with the part's name instead of pyarrow's trace."""
+        batches = file.iter_batches(batch_size=size, row_groups=groups, columns=self.wanted)
+        rows = sum(file.metadata.row_group(g).num_rows for g in range(groups[0]))
+        while True:
+            try:
+                batch = next(batches)
+                if self.schema is not None and batch.schema != self.schema:
+                    batch = batch.cast(self.schema)
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowException) as exc:
+                raise InvalidInputError(
+                    f"{name} is damaged: its rows from {rows:,} on cannot be read "
+                    f"({_first_line(exc)})"
+                ) from exc
+            rows += batch.num_rows
+            yield batch
 
     def close(self) -> None:
         for file in getattr(self, "files", []):
@@ -238,7 +286,10 @@ class _CountingFile:
 class _TextReader(Reader):
     def __init__(self, location: Location, wanted: Sequence[str], signature: Signature) -> None:
         super().__init__(location, wanted, signature)
-        self.file = _CountingFile(location.target)
+        try:
+            self.file = _CountingFile(location.target)
+        except OSError as exc:  # a folder, no permission, a file gone since the spec was made
+            raise InvalidInputError(f"input {location.target!r} cannot be read: {exc}") from exc
         if self.file.size == 0:
             self.file.raw.close()
             raise InvalidInputError(f"input {location.target!r} is empty")
@@ -266,11 +317,15 @@ class CsvReader(_TextReader):
             header = csv.open_csv(
                 self.file.raw,
                 read_options=csv.ReadOptions(block_size=1 << 16),
+                # A ragged row among the first lines is the chunks' to refuse, not the header's.
+                parse_options=csv.ParseOptions(invalid_row_handler=lambda row: "skip"),
             )
             self.columns = list(header.schema.names)
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             self.close()
-            raise InvalidInputError(f"{location.target}: not a readable CSV file: {exc}") from exc
+            raise InvalidInputError(
+                f"{location.target}: not a readable CSV file: {_first_line(exc)}"
+            ) from exc
         self.file.raw.seek(0)
 
     def chunks(self, chunk_rows: int, skip_chunks: int = 0) -> Iterator[Chunk]:
@@ -278,28 +333,160 @@ class CsvReader(_TextReader):
 
         self.file.raw.seek(0)
         self.file.done = 0
-        reader = csv.open_csv(
-            self.file,
-            read_options=csv.ReadOptions(block_size=4 << 20),
-            convert_options=csv.ConvertOptions(
-                include_columns=self.wanted,
-                column_types=dict.fromkeys(self.wanted, pa.string()),
-                # Only an empty field is missing: "NA", "null" or "nan" may be a real text or id.
-                null_values=[""],
-                strings_can_be_null=True,
-            ),
-        )
+        ragged = _RaggedRows(self.location.target)
         skip = skip_chunks * chunk_rows
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                yield from reader
+                reader = csv.open_csv(
+                    self.file,
+                    # One thread: pyarrow knows a ragged row's number only when it parses in order.
+                    read_options=csv.ReadOptions(block_size=4 << 20, use_threads=False),
+                    parse_options=csv.ParseOptions(invalid_row_handler=ragged),
+                    convert_options=csv.ConvertOptions(
+                        include_columns=self.wanted,
+                        # Bytes, decoded per chunk: a value that is not UTF-8 refuses its row alone.
+                        column_types=dict.fromkeys(self.wanted, pa.binary()),
+                        # Only an empty field is missing: "NA", "null" or "nan" may be a real text.
+                        null_values=[""],
+                        strings_can_be_null=True,
+                    ),
+                )
+                yield from ragged.placed(reader, reader.schema)
             except pa.ArrowInvalid as exc:
-                raise InvalidInputError(f"{self.location.target}: {exc}") from exc
+                reason = _first_line(exc)
+                if "out of sync with chunker" in reason:  # pyarrow's advice names its own option
+                    reason = (
+                        "a quoted value runs over several lines, or a quote is not closed; "
+                        "values with line breaks are not read from CSV (use JSONL or Parquet)"
+                    )
+                raise InvalidInputError(f"{self.location.target}: {reason}") from exc
 
         for i, table in enumerate(rechunk(_skip(batches(), skip), chunk_rows)):
+            first = skip + i * chunk_rows
+            failed = ragged.take(first, table.num_rows)
+            table, undecodable = _decoded(table, first)
             data = typed_columns(table, self.signature)
-            yield Chunk(skip_chunks + i, skip + i * chunk_rows, data)
+            yield Chunk(skip_chunks + i, first, data, sorted([*failed, *undecodable]))
+
+
+class _RaggedRows:
+    """pyarrow's ``invalid_row_handler``: a row whose fields do not match the header's is set
+    aside with its line and text, and :meth:`placed` puts a row of nulls where it was, so that the
+    rows after it keep their numbers (the prediction ids, the chunks a resumed job skips) and the
+    row is refused alone.
+
+    pyarrow numbers rows from 1 with the header, not counting blank lines (which it skips): that
+    number is the line number in a file without blank lines, and minus 2 the data row's.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.reasons: dict[int, str] = {}
+        self.order: list[int] = []  # ascending: pyarrow parses in order on one thread
+        self.unclosed: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, row: Any) -> str:
+        if row.number is None:  # never on one thread; without a place the row cannot be refused
+            return "error"
+        text = str(row.text)
+        with self._lock:
+            if "\n" in text or "\r" in text:
+                # A quote left open: the parser took every line to the end of its block as one
+                # value. Refusing them as one row would lose them without a word.
+                lines = text.count("\n") + text.count("\r") - text.count("\r\n") + 1
+                self.unclosed = self.unclosed or (
+                    f"{self.source}: line {row.number}: a quote is not closed (the row runs over "
+                    f"{lines:,} lines); close it and run the job again"
+                )
+                return "skip"
+            shown = _shown(text)
+            fields = "field" if row.actual_columns == 1 else "fields"
+            index = row.number - 2
+            self.reasons[index] = (
+                f"line {row.number} has {row.actual_columns} {fields} where the header has "
+                f"{row.expected_columns}: {shown}"
+            )
+            self.order.append(index)
+        return "skip"
+
+    def placed(
+        self, batches: Iterator[pa.RecordBatch], schema: pa.Schema
+    ) -> Iterator[pa.RecordBatch]:
+        """The reader's batches with a row of nulls for each ragged row. A ragged row is known by
+        the time a batch after it comes: blocks are parsed in order, each before its batch."""
+        blank = pa.RecordBatch.from_arrays([pa.nulls(1, f.type) for f in schema], schema=schema)
+        position = 0  # rows handed out, ragged ones included
+        seen = 0  # ragged rows placed
+        for batch in batches:
+            self._check()
+            while batch.num_rows:
+                due = self._next(seen)
+                if due is None or due >= position + batch.num_rows:
+                    position += batch.num_rows
+                    yield batch
+                    break
+                if due > position:
+                    yield batch.slice(0, due - position)
+                    batch = batch.slice(due - position)
+                position = due + 1
+                seen += 1
+                yield blank
+        self._check()
+        while (due := self._next(seen)) is not None:  # ragged rows after the last good one
+            position = due + 1
+            seen += 1
+            yield blank
+
+    def take(self, first: int, rows: int) -> list[tuple[int, str]]:
+        """The ragged rows among rows ``first`` to ``first + rows``, as (row in chunk, reason)."""
+        with self._lock:
+            found = [i for i in self.reasons if first <= i < first + rows]
+            return [(i - first, self.reasons.pop(i)) for i in sorted(found)]
+
+    def _next(self, seen: int) -> int | None:
+        with self._lock:
+            return self.order[seen] if seen < len(self.order) else None
+
+    def _check(self) -> None:
+        if self.unclosed is not None:
+            raise InvalidInputError(self.unclosed)
+
+
+SHOWN = 200
+"""Characters of a bad row's text kept in its error: enough to find and fix it."""
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def _decoded(table: pa.Table, first: int) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The CSV's byte columns as text; a value that is not UTF-8 becomes null and refuses its
+    row (decoded value by value only in a column where the whole does not decode)."""
+    import pyarrow.compute as pc
+
+    columns: dict[str, Any] = {}
+    failed: dict[int, str] = {}
+    for name in table.column_names:
+        values = table.column(name)
+        try:
+            columns[name] = pc.cast(values, pa.string())
+            continue
+        except pa.ArrowInvalid:
+            pass
+        text: list[str | None] = []
+        for i, raw in enumerate(values.to_pylist()):
+            try:
+                text.append(None if raw is None else raw.decode())
+            except UnicodeDecodeError:
+                text.append(None)
+                failed.setdefault(
+                    i, f"line {first + i + 2}: column {name!r} is not UTF-8 text: {raw[:60]!r}"
+                )
+        columns[name] = pa.array(text, pa.string())
+    return pa.table(columns), sorted(failed.items())
 
 
 def _skip(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
@@ -425,11 +612,12 @@ class JsonlReader(_TextReader):
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                record, reason = None, f"line {number} is not JSON: {exc}"
+                record, reason = None, f"line {number} is not JSON ({exc})"
             else:
                 reason = f"line {number} is a {type(record).__name__}, not an object"
             if not isinstance(record, dict):
-                failed.append((len(records), reason))
+                text = line.decode(errors="replace").rstrip("\r\n")
+                failed.append((len(records), f"{reason}: {_shown(text)}"))
                 record = None
             records.append(record)
             if len(records) == chunk_rows:
@@ -476,27 +664,40 @@ class SqlReader(Reader):
             raise InvalidInputError(f"input query failed: {_first_line(exc)}") from exc
 
     def chunks(self, chunk_rows: int, skip_chunks: int = 0) -> Iterator[Chunk]:
+        """The query's rows. A query can fail half-way (a division by zero in row 10,000, a
+        lost connection): that ends the job with the database's first line, after the chunks
+        already done, which a resumed job keeps."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         assert self.location.query is not None
         skip = skip_chunks * chunk_rows
-        with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(
-                self.text(self.location.query)
-            )
-            keys = list(result.keys())
-            positions = [keys.index(name) for name in self.wanted]
-            index = skip_chunks
-            while skip:
-                skipped = len(result.fetchmany(min(skip, chunk_rows)))
-                if not skipped:
-                    return
-                skip -= skipped
-            while rows := result.fetchmany(chunk_rows):
-                data = {
-                    name: column([_plain(row[i]) for row in rows])
-                    for name, i in zip(self.wanted, positions, strict=True)
-                }
-                yield Chunk(index, index * chunk_rows, data)
-                index += 1
+        read = 0
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(
+                    stream_results=True, max_row_buffer=chunk_rows
+                ).execute(self.text(self.location.query))
+                keys = list(result.keys())
+                positions = [keys.index(name) for name in self.wanted]
+                index = skip_chunks
+                while skip:
+                    skipped = len(result.fetchmany(min(skip, chunk_rows)))
+                    if not skipped:
+                        return
+                    skip -= skipped
+                    read += skipped
+                while rows := result.fetchmany(chunk_rows):
+                    data = {
+                        name: column([_plain(row[i]) for row in rows])
+                        for name, i in zip(self.wanted, positions, strict=True)
+                    }
+                    read += len(rows)
+                    yield Chunk(index, index * chunk_rows, data)
+                    index += 1
+        except SQLAlchemyError as exc:
+            raise InvalidInputError(
+                f"input query failed after row {read:,}: {_first_line(exc)}"
+            ) from exc
 
     def close(self) -> None:
         engine = getattr(self, "engine", None)
@@ -515,7 +716,8 @@ def _plain(value: Any) -> Any:
 
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
-    return str(orig or exc).strip().splitlines()[0]
+    lines = str(orig or exc).strip().splitlines()
+    return lines[0] if lines else type(orig or exc).__name__
 
 
 class DuckDbReader(Reader):
@@ -538,6 +740,8 @@ class DuckDbReader(Reader):
             raise InvalidInputError(f"input query failed: {_first_line(exc)}") from exc
 
     def chunks(self, chunk_rows: int, skip_chunks: int = 0) -> Iterator[Chunk]:
+        import duckdb
+
         query = f"SELECT {', '.join(_quote(c) for c in self.wanted)} FROM ({self.location.query})"
         try:
             relation = self.conn.sql(query)
@@ -545,10 +749,23 @@ class DuckDbReader(Reader):
             old_name = "fetch_arrow_reader"
             reader = getattr(relation, "to_arrow_reader", None) or getattr(relation, old_name)
             batches = reader(min(chunk_rows, 65_536))
-        except Exception as exc:
-            raise UnavailableError(f"input query failed: {_first_line(exc)}") from exc
+        except Exception as exc:  # duckdb.Error, or pyarrow's when it converts the results
+            raise InvalidInputError(f"input query failed: {_first_line(exc)}") from exc
         skip = skip_chunks * chunk_rows
-        for i, table in enumerate(rechunk(_skip(iter(batches), skip), chunk_rows)):
+        read = 0
+
+        def fetched() -> Iterator[pa.RecordBatch]:  # a query can fail half-way, as in SqlReader
+            nonlocal read
+            try:
+                for batch in batches:
+                    read += batch.num_rows
+                    yield batch
+            except (duckdb.Error, pa.ArrowException, OSError) as exc:  # OSError: pyarrow wraps it
+                raise InvalidInputError(
+                    f"input query failed after row {read:,}: {_first_line(exc)}"
+                ) from exc
+
+        for i, table in enumerate(rechunk(_skip(fetched(), skip), chunk_rows)):
             yield Chunk(skip_chunks + i, skip + i * chunk_rows, table)
 
     def close(self) -> None:
