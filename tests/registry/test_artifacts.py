@@ -87,3 +87,67 @@ def test_sweep_removes_only_old_leftovers(tmp_path: Path) -> None:
     assert not old.exists()
     assert fresh.exists()
     assert store.verify(digest)
+
+
+def _leftover(
+    store: ArtifactStore, name: str, owner: dict[str, object] | None, age_s: float
+) -> Path:
+    import orjson
+
+    folder = store.root / "tmp" / name
+    folder.mkdir(parents=True)
+    (folder / "m").write_bytes(b"half-written")
+    if owner is not None:
+        folder.with_name(name + ".owner").write_bytes(orjson.dumps(owner))
+    past = time.time() - age_s
+    os.utime(folder, (past, past))
+    return folder
+
+
+def test_staging_owner_records_decide_what_goes_at_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from berth.registry.artifacts import Owner
+
+    store = ArtifactStore(tmp_path)
+    me = Owner.current()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    host = socket.gethostname()
+    dead = _leftover(store, "stage-dead", {"pid": exited.pid, "host": host}, age_s=1)
+    reused = _leftover(  # our pid, but a process that started at another time: not ours
+        store, "stage-reused", {"pid": me.pid, "host": host, "started": (me.started or 0) + 1}, 1
+    )
+    live = _leftover(store, "stage-live", {"pid": me.pid, "host": host, "started": me.started}, 9e3)
+    remote = _leftover(store, "stage-remote", {"pid": 1, "host": "elsewhere.invalid"}, age_s=1)
+    remote_old = _leftover(store, "stage-remote-old", {"pid": 1, "host": "elsewhere.invalid"}, 9e3)
+    states = {left.path.name: left.state for left in store.leftovers()}
+    assert states == {
+        "stage-dead": "gone",
+        "stage-reused": "gone",
+        "stage-live": "running",
+        "stage-remote": "unknown",
+        "stage-remote-old": "unknown",
+    }
+    assert store.sweep_tmp(older_than_s=3600) == 3
+    assert [p.exists() for p in (dead, reused, live, remote, remote_old)] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert not dead.with_name("stage-dead.owner").exists()
+    assert live.with_name("stage-live.owner").exists()
+
+
+def test_the_owner_record_is_no_part_of_the_artifact(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with store.staging() as stage:
+        (stage / "model.bin").write_bytes(b"weights")
+        assert stage.with_name(stage.name + ".owner").exists()
+        artifact = store.commit(stage)
+    assert sorted(p.name for p in artifact.path.iterdir()) == ["MANIFEST.json", "model.bin"]
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -196,3 +196,49 @@ def test_gc_removes_what_a_killed_registration_left(client: Berth, home: Path) -
     assert client.registry.audit_log(action="artifacts.collect")[0].details["orphans_removed"] == [
         orphan
     ]
+
+
+def _stages_by_pid(client: Berth) -> dict[int, Path]:
+    return {
+        left.owner.pid: left.path
+        for left in client.store.leftovers()
+        if left.owner is not None and left.path.name.startswith("stage-")
+    }
+
+
+def test_gc_removes_a_killed_registrations_staging_at_once_and_keeps_a_live_one(
+    client: Berth, home: Path, tmp_path: Path
+) -> None:
+    """The leftover of a registration killed mid-save goes on the next gc, whatever its age;
+    the staging folder of a registration still saving stays, even with --older-than 0."""
+    procs = {}
+    for who in ("killed", "alive"):
+        marker = tmp_path / who
+        procs[who] = _spawn(
+            f"""
+            import berth
+            from tests.models import SlowToSave, numbers
+            berth.connect().register(SlowToSave({str(marker)!r}), "crashy",
+                                     training_data=numbers(), trusted=True)
+            """,
+            home,
+            None,
+        )
+        _wait_for(marker.exists, what=f"the {who} registration to start saving")
+    try:
+        stages = _stages_by_pid(client)
+        killed, alive = stages[procs["killed"].pid], stages[procs["alive"].pid]
+        _kill(procs["killed"])
+        assert killed.is_dir()  # kill -9: nothing cleaned up after itself
+
+        assert client.collect_garbage(older_than_s=3600)["staging_removed"] == 1
+        assert not killed.exists()
+        assert not killed.with_name(killed.name + ".owner").exists()
+        assert alive.is_dir()
+        assert client.collect_garbage(older_than_s=0)["staging_removed"] == 0
+        assert alive.is_dir()
+    finally:
+        if procs["alive"].poll() is None:
+            _kill(procs["alive"])
+    assert client.collect_garbage(older_than_s=3600)["staging_removed"] == 1
+    assert client.store.leftovers() == []

@@ -156,3 +156,40 @@ def test_non_numeric_metric_is_refused_and_nothing_is_registered(client: Berth) 
     with pytest.raises(InvalidInputError, match="metric 'auc'"):
         _register(client, metrics={"auc": "high"})
     assert client.list_models() == []
+
+
+def test_names_that_differ_only_in_case_are_refused_naming_the_model(any_client: Berth) -> None:
+    _register(any_client, "credit-risk")
+    for twin in ("Credit-Risk", "CREDIT-RISK"):
+        with pytest.raises(ConflictError, match=r"'Credit-Risk'|'CREDIT-RISK'") as caught:
+            _register(any_client, twin)
+        assert "collides with the existing model 'credit-risk'" in str(caught.value)
+    assert [m.name for m in any_client.list_models()] == ["credit-risk"]
+    assert any_client.registry.referenced_digests() == {
+        v.digest for v in any_client.list_versions("credit-risk")
+    }
+    assert (
+        _register(any_client, "credit-risk").version == 2
+    )  # the model itself still takes versions
+
+
+def test_every_version_has_its_record_beside_the_artifacts(any_client: Berth) -> None:
+    """What a rebuild reads: written on registration, marked on delete, aliases on each move."""
+    import orjson
+
+    first = _register(any_client, description="sums")
+    _register(any_client)
+    any_client.set_alias("summer", "production", 1)
+    any_client.delete_version("summer", 2)
+    records = any_client.store.versions
+    one = orjson.loads(records.path("summer", 1).read_bytes())
+    assert (one["model"], one["version"], one["digest"]) == ("summer", 1, first.digest)
+    assert one["signature"] == first.signature.to_dict()
+    assert one["profile"] == any_client.get_profile("summer/1")
+    assert one["model_description"] == "sums"
+    assert "deleted_at" not in one
+    assert orjson.loads(records.path("summer", 2).read_bytes())["deleted_at"]
+    aliases = orjson.loads((records.root / "summer" / "aliases.json").read_bytes())
+    assert aliases == {"aliases": {"production": 1}}
+    any_client.delete_alias("summer", "production")
+    assert orjson.loads((records.root / "summer" / "aliases.json").read_bytes()) == {"aliases": {}}
