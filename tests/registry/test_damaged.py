@@ -352,3 +352,21 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_an_unreadable_record_is_named_and_the_rest_restored(home: Path) -> None:
+    _registered_home(home)
+    records = home / "artifacts" / "versions" / "m"
+    (records / "2.json").write_bytes(b'{"model": "m", "version": 2}')
+    (records / "3.json").write_bytes(b"{half a reco")
+    for file in home.glob("berth.db*"):
+        file.unlink()
+    settings = _settings(home, None)
+    report = rebuild(settings.resolved_database_url(), _store(settings), actor="doctor")
+    assert report.versions == 1
+    assert [line.split(": ")[1] for line in report.unreadable] == [
+        "lacks digest, flavor, signature, size_bytes",
+        "unexpected character, expected a string key",
+    ]
+    with Berth(settings) as client:  # the lost versions' numbers stay taken
+        assert client.register(Scaled(9.0), "m", training_data=numbers(), trusted=True).version == 4

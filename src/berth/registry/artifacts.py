@@ -286,17 +286,36 @@ class VersionRecords:
             return records, aliases, unreadable
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for file in sorted(folder.glob("*.json")):
+                problem = None
                 try:
                     data = orjson.loads(file.read_bytes())
                 except (OSError, orjson.JSONDecodeError) as exc:
-                    unreadable.append(f"{file}: {exc}")
-                    continue
+                    data, problem = {}, str(exc)
+                if not isinstance(data, dict):
+                    data, problem = {}, "not a JSON object"
                 if file.name == self.ALIASES:
-                    aliases[folder.name] = {str(k): int(v) for k, v in data["aliases"].items()}
-                elif data.get("model") != folder.name or not isinstance(data.get("version"), int):
-                    unreadable.append(f"{file}: not the record of {folder.name}/{file.stem}")
-                else:
+                    if problem is None:
+                        try:
+                            given = data["aliases"].items()
+                            aliases[folder.name] = {str(k): int(v) for k, v in given}
+                            continue
+                        except (AttributeError, KeyError, TypeError, ValueError):
+                            problem = "not an aliases record"
+                elif problem is None and (
+                    data.get("model") != folder.name or data.get("version") != _number(file)
+                ):
+                    problem = f"not the record of {folder.name}/{file.stem}"
+                elif problem is None and not data.get("deleted_at") and not set(data) >= _REQUIRED:
+                    problem = f"lacks {', '.join(sorted(_REQUIRED - set(data)))}"
+                if problem is None:
                     records.append(data)
+                    continue
+                unreadable.append(f"{file}: {problem}")
+                number = _number(file)
+                if number is not None:  # the version is lost, its number stays taken
+                    records.append(
+                        {"model": folder.name, "version": number, "deleted_at": "unreadable"}
+                    )
         return records, aliases, unreadable
 
     def _replace(self, target: Path, body: Mapping[str, Any]) -> None:
@@ -307,6 +326,14 @@ class VersionRecords:
         fsync_path(temp)
         os.replace(temp, target)
         fsync_folder(target.parent)
+
+
+_REQUIRED = {"digest", "size_bytes", "flavor", "signature"}
+"""What a version cannot be restored without; the rest has defaults."""
+
+
+def _number(file: Path) -> int | None:
+    return int(file.stem) if file.stem.isdigit() else None
 
 
 def _read_owner(path: Path) -> Owner | None:
