@@ -247,6 +247,7 @@ def build_path(
     from berth.runtime.record_writers import QueuedRecordWriter
     from berth.runtime.records import RecordProducer
 
+    options = options.with_memory(client.settings.memory_budget())  # per process, each worker
     metrics = Metrics(metrics_folder)
     root = client.settings.resolved_records_root()
     queued = QueuedRecordWriter(root, on_drop=metrics.records_dropped.inc)

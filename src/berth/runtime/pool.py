@@ -1,10 +1,19 @@
-"""Loaded versions: each with its own inference thread and micro-batcher, and alias moves
-followed without a restart.
+"""Loaded versions: each with its own inference thread and micro-batcher, alias moves followed
+without a restart, and a bounded number of versions no alias points at.
 
 The pool keeps the resolver's alias table current. A poller follows alias moves: when
 ``production`` moves from v1 to v2, v2 is loaded in the background, the route switches atomically
 once it is ready, and v1 is unloaded after its queued requests finish. Requests that resolved to
 v1 before the switch still complete on v1, so a switch fails no request.
+
+Aliased versions stay loaded. Any other version (asked for by number, or a bare name's newest
+when the model has no ``production``) is loaded on demand, within a :class:`MemoryBudget`: at
+most ``max_versions`` of them, and of their footprints (see :class:`Footprint`) at most
+``max_bytes``. To make room, the least recently used one with nothing in flight is unloaded; when
+every one is busy (requests in flight, or loading) the request gets a :class:`RetryLaterError`
+(HTTP 503 with ``Retry-After``) instead of the server growing until it is killed. The decision
+and the evictions happen in one step of the event loop, and a version is unloaded only while no
+request holds it, so a request is either served or told to retry.
 """
 
 from __future__ import annotations
@@ -15,17 +24,30 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from berth.config import BatchingConfig, ModelServing, PathOptions
-from berth.errors import BerthError, InvalidInputError, NotFoundError, UnavailableError
+from berth.config import BatchingConfig, MemoryBudget, ModelServing, PathOptions
+from berth.errors import (
+    BerthError,
+    InvalidInputError,
+    NotFoundError,
+    RetryLaterError,
+    UnavailableError,
+)
 from berth.flavors import get_flavor
 from berth.registry.references import Reference
 from berth.runtime.batching import MicroBatcher
-from berth.runtime.loading import LoadedModel, load_resolved
+from berth.runtime.loading import (
+    LoadedModel,
+    bound_allocator,
+    load_resolved,
+    measured_load,
+    release_memory,
+    resident_bytes,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +62,13 @@ log = logging.getLogger("berth.path")
 RETRY_FAILED_S = 30.0
 """A version that failed to load answers 503 at once for this long, then is loaded again on the
 next request for it (a fault may have passed; a broken artifact fails again, cheaply)."""
+
+RETRY_BUSY_S = 1.0
+"""``Retry-After`` when every on-demand slot is busy: in-flight requests take milliseconds to
+seconds, so a slot is likely free by then."""
+
+_WAIT_ROUNDS = 3
+"""How often a request tries again for a version unloaded between its load and its turn."""
 
 
 INLINE_MAX_MS = 5.0
@@ -76,8 +105,21 @@ class ServedModel:
     """The last inline calls' durations (ms), from the second on."""
     inline_calls: int = 0
     lone_streak: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    """When a request last asked for it (``time.monotonic``): the order of eviction."""
+    closed: bool = False
+    """Unloaded: set in the step that takes it out of the pool, while nothing is in flight."""
+
+    @property
+    def busy(self) -> bool:
+        """A request holds it (validating, queued, predicting)."""
+        return self.inflight > 0 or (self.batcher is not None and self.batcher.depth > 0)
 
     async def predict(self, frame: pd.DataFrame) -> Outputs:
+        if self.closed:
+            # A request holding a version across an await after the pool unloaded it: the
+            # executor is gone, so say "retry" (a 503) rather than fail inside it (a 500).
+            raise RetryLaterError(f"{self.info.ref} was unloaded; retry", RETRY_BUSY_S)
         if self.inline and len(frame) <= INLINE_MAX_ROWS:
             if self.inflight <= 1:
                 # Requests that arrived with this one (read in the same turn of the loop) run up
@@ -117,11 +159,14 @@ class ServedModel:
                 self.on_batch(len(frame))
 
     async def close(self) -> None:
+        """Let the requests in flight finish, then stop the micro-batcher and the inference
+        thread (joined off the event loop: it is idle by then)."""
         while self.inflight:
             await asyncio.sleep(0.01)
+        self.closed = True
         if self.batcher is not None:
             await self.batcher.close()
-        self.executor.shutdown(wait=False)
+        await asyncio.to_thread(self.executor.shutdown, True)
 
 
 @dataclass(frozen=True)
@@ -132,6 +177,30 @@ class LoadState:
     reason: str | None = None
     task: asyncio.Task[ServedModel] | None = field(default=None, repr=False, compare=False)
     at: float = field(default_factory=time.monotonic, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Residency:
+    """Why a version is in memory (for ``/v1/models``): ``aliases`` keep it loaded; without
+    any it was loaded on demand and may be unloaded once idle, least recently used first."""
+
+    model: str
+    version: int
+    state: str
+    """``ready``, ``loading`` or ``failed``."""
+    aliases: tuple[str, ...]
+    in_flight: int = 0
+    idle_s: float | None = None
+    """Seconds since a request last asked for it."""
+    memory_bytes: int | None = None
+    """Its footprint (what the budget counts), once loaded."""
+    resident_bytes: int | None = None
+    artifact_bytes: int | None = None
+    reason: str | None = None
+
+    @property
+    def on_demand(self) -> bool:
+        return not self.aliases
 
 
 class ModelPool:
@@ -156,14 +225,24 @@ class ModelPool:
         self._direct_lock = threading.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
+        self.budget: MemoryBudget = options.memory or MemoryBudget()
+        self._wanted: set[tuple[str, int]] = set()
+        """Versions the registry's aliases point at, routed or still loading for a move."""
+        self._waiters: dict[tuple[str, int], int] = {}
+        """Requests waiting for a version's load: it is theirs once loaded (not evictable)."""
+        self._footprints: dict[tuple[str, int], int] = {}
+        """Each version's last measured footprint, kept after an unload for the next load."""
+        self._unloading: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, *, warm: bool = True) -> None:
         """Learn every alias; load their versions (``warm``); then follow alias moves."""
         self._closing = False
+        bound_allocator()  # a server unloads versions: their memory must leave the process
         table = await asyncio.to_thread(self.resolver.read_aliases)
         self.resolver.set_aliases(table)
+        self._wanted = _targets(table)
         if warm:
             await asyncio.gather(
                 *(self.ensure(name, v) for (name, _), v in self.resolver.routes().items()),
@@ -182,10 +261,15 @@ class ModelPool:
         served = list(self.served.values())
         self.served.clear()
         self.states.clear()
+        self._wanted = set()
+        self._waiters.clear()
         self.resolver.forget()
         with self._direct_lock:
             self._direct.clear()
-        await asyncio.gather(*(s.close() for s in served), return_exceptions=True)
+        unloading = list(self._unloading)
+        await asyncio.gather(*(s.close() for s in served), *unloading, return_exceptions=True)
+        del served
+        release_memory()
 
     @property
     def ready(self) -> bool:
@@ -199,22 +283,188 @@ class ModelPool:
     # -- loading -------------------------------------------------------------------------------
 
     async def ensure(self, name: str, version: int) -> ServedModel:
-        """The served version, loading it first (once, whoever asks meanwhile)."""
-        key = (name, version)
-        served = self.served.get(key)
+        """The served version, loading it first (once, whoever asks meanwhile). A version no
+        alias points at is loaded only within the budget, after unloading the least recently
+        used idle one if needed. Raises :class:`RetryLaterError` when it cannot be loaded now
+        (the budget's every slot busy, or its load failed within ``RETRY_FAILED_S``)."""
+        served = self.served.get((name, version))
         if served is not None:
+            served.last_used = time.monotonic()
             return served
-        state = self.states.get(key)
-        if state is not None and state.state == "failed":
-            if time.monotonic() - state.at < RETRY_FAILED_S:
-                raise UnavailableError(f"{name}/{version} is not ready: {state.reason}")
-            state = None  # perhaps a passing fault (the artifact store, the database): again
-        if state is None or state.task is None:
-            task = asyncio.get_running_loop().create_task(self._load(name, version))
-            state = LoadState("loading", task=task)
-            self.states[key] = state
-        assert state.task is not None
-        return await asyncio.shield(state.task)
+        return await self._ensure_loaded((name, version))
+
+    async def _ensure_loaded(self, key: tuple[str, int]) -> ServedModel:
+        name, version = key
+        for _ in range(_WAIT_ROUNDS):
+            state = self.states.get(key)
+            if state is not None and state.state == "failed":
+                left = RETRY_FAILED_S - (time.monotonic() - state.at)
+                if left > 0:
+                    raise RetryLaterError(f"{name}/{version} is not ready: {state.reason}", left)
+                state = None  # perhaps a passing fault (the artifact store, the database): again
+            if state is None or state.task is None:
+                self._make_room(key)
+                task = asyncio.get_running_loop().create_task(self._load(name, version))
+                state = LoadState("loading", task=task)
+                self.states[key] = state
+            assert state.task is not None
+            self._waiters[key] = self._waiters.get(key, 0) + 1
+            try:
+                served = await asyncio.shield(state.task)
+            finally:
+                left_waiting = self._waiters.get(key, 0) - 1
+                if left_waiting > 0:
+                    self._waiters[key] = left_waiting
+                else:
+                    self._waiters.pop(key, None)
+            # This step resumes after the load's: the version may have been unloaded between
+            # (an alias moved away). The caller counts itself in flight in this same step.
+            if self.served.get(key) is served and not served.closed:
+                served.last_used = time.monotonic()
+                return served
+        raise RetryLaterError(
+            f"{name}/{version} was unloaded while this request waited for it; retry",
+            RETRY_BUSY_S,
+        )
+
+    # -- the budget of versions no alias points at ------------------------------------------------
+
+    def aliased(self) -> dict[tuple[str, int], tuple[str, ...]]:
+        """Each version an alias points at (in memory, or a move being loaded), with them."""
+        found: dict[tuple[str, int], list[str]] = {}
+        for (name, alias), version in self.resolver.routes().items():
+            found.setdefault((name, version), []).append(alias)
+        for key in self._wanted:
+            found.setdefault(key, [])
+        return {key: tuple(sorted(aliases)) for key, aliases in found.items()}
+
+    def _on_demand(self, aliased: Mapping[tuple[str, int], object]) -> dict[tuple[str, int], int]:
+        """The slots taken: every unaliased version loaded or loading, with its footprint
+        (a loading one's as last measured, else 0)."""
+        taken = {
+            key: _bytes_of(served) for key, served in self.served.items() if key not in aliased
+        }
+        for key, state in self.states.items():
+            if state.state == "loading" and key not in aliased and key not in taken:
+                taken[key] = self._footprints.get(key, 0)
+        return taken
+
+    def _fits(self, taken: Mapping[tuple[str, int], int], need: int) -> bool:
+        budget = self.budget
+        if len(taken) >= budget.max_versions:
+            return False
+        # One version is always allowed, however large: none is unservable.
+        return (
+            budget.max_bytes is None or not taken or sum(taken.values()) + need <= budget.max_bytes
+        )
+
+    def _make_room(self, key: tuple[str, int]) -> None:
+        """Before loading ``key``: unload least recently used idle unaliased versions until it
+        fits, or raise :class:`RetryLaterError`. Synchronous on purpose: the check, the
+        evictions and the caller's claim of the slot (its loading state) happen in one step."""
+        aliased = self.aliased()
+        if key in aliased:
+            return
+        need = self._footprints.get(key, 0)
+        while True:
+            taken = self._on_demand(aliased)
+            if self._fits(taken, need):
+                return
+            victim = self._victim(aliased, keep=key)
+            if victim is None:
+                raise RetryLaterError(self._busy_message(key, taken), RETRY_BUSY_S)
+            self._evict(victim, f"to make room for {key[0]}/{key[1]}")
+
+    def _shrink(self, loaded: tuple[str, int]) -> None:
+        """After a load, with its measured footprint: back within the byte budget if idle
+        versions allow (the load itself stays; the next one waits for room)."""
+        if self.budget.max_bytes is None:
+            return
+        aliased = self.aliased()
+        while True:
+            taken = self._on_demand(aliased)
+            if len(taken) <= 1 or sum(taken.values()) <= self.budget.max_bytes:
+                return
+            victim = self._victim(aliased, keep=loaded)
+            if victim is None:
+                log.warning(
+                    "on-demand versions hold %.0f MB, over the budget of %.0f MB, all busy",
+                    sum(taken.values()) / 2**20,
+                    self.budget.max_bytes / 2**20,
+                )
+                return
+            self._evict(victim, f"to keep within the memory budget after {loaded[0]}/{loaded[1]}")
+
+    def _victim(
+        self, aliased: Mapping[tuple[str, int], object], keep: tuple[str, int]
+    ) -> tuple[str, int] | None:
+        """The least recently used unaliased version that nothing holds."""
+        idle = [
+            (served.last_used, key)
+            for key, served in self.served.items()
+            if key not in aliased and key != keep and not served.busy and key not in self._waiters
+        ]
+        return min(idle)[1] if idle else None
+
+    def _evict(self, key: tuple[str, int], why: str) -> None:
+        """Out of the pool now (new requests load it again); its batcher and thread stop in
+        the background. Only for a version nothing holds, so ``closed`` is true at once."""
+        served = self.served.pop(key)
+        self.states.pop(key, None)
+        served.closed = True
+        task = asyncio.get_running_loop().create_task(self._release(served))
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+        idle = time.monotonic() - served.last_used
+        log.info("unloaded %s/%s %s (idle %.1fs)", key[0], key[1], why, idle)
+
+    async def _release(self, served: ServedModel) -> None:
+        await served.close()
+        del served
+        release_memory()
+
+    def _busy_message(self, key: tuple[str, int], taken: Mapping[tuple[str, int], int]) -> str:
+        budget = self.budget
+        limit = f"at most {budget.max_versions} versions no alias points at"
+        if budget.max_bytes is not None:
+            limit += f", {budget.max_bytes / 2**20:.0f} MB of them"
+        held = ", ".join(f"{name}/{v}" for name, v in sorted(taken))
+        return (
+            f"{key[0]}/{key[1]} cannot be loaded now: the versions loaded on demand ({held}) "
+            f"all have requests in flight or are loading ({limit}, set by "
+            "BERTH_MAX_UNALIASED_VERSIONS and BERTH_MAX_UNALIASED_MB); retry shortly"
+        )
+
+    def residency(self) -> list[Residency]:
+        """What is loaded, loading or failed, and why it is in memory."""
+        aliased = self.aliased()
+        now = time.monotonic()
+        out = []
+        for key, state in list(self.states.items()):
+            aliases = aliased.get(key, ())
+            served = self.served.get(key)
+            if served is None:
+                out.append(Residency(*key, state.state, aliases, reason=state.reason))
+                continue
+            footprint = served.loaded.footprint
+            out.append(
+                Residency(
+                    *key,
+                    state.state,
+                    aliases,
+                    in_flight=served.inflight,
+                    idle_s=max(0.0, now - served.last_used),
+                    memory_bytes=None if footprint is None else footprint.bytes,
+                    resident_bytes=None if footprint is None else footprint.resident_bytes,
+                    artifact_bytes=None if footprint is None else footprint.artifact_bytes,
+                )
+            )
+        return out
+
+    @staticmethod
+    def resident_bytes() -> int | None:
+        """The process's resident set now (None where the platform does not tell)."""
+        return resident_bytes()
 
     def loaded_now(self, info: VersionInfo, *, hold: bool = False) -> LoadedModel:
         """For the synchronous face: the version loaded in the calling thread (once per pool),
@@ -260,24 +510,40 @@ class ModelPool:
         except BerthError as exc:
             self.states[key] = LoadState("failed", str(exc))
             log.error("loading %s/%s failed: %s", name, version, exc)
-            raise UnavailableError(f"{name}/{version} is not ready: {exc}") from exc
+            raise RetryLaterError(f"{name}/{version} is not ready: {exc}", RETRY_FAILED_S) from exc
         except Exception as exc:  # a framework failing to load its own file
             self.states[key] = LoadState("failed", f"{type(exc).__name__}: {exc}")
             log.exception("loading %s/%s failed", name, version)
-            raise UnavailableError(f"{name}/{version} is not ready: {exc}") from exc
+            raise RetryLaterError(f"{name}/{version} is not ready: {exc}", RETRY_FAILED_S) from exc
         # A loaded model is hundreds of thousands of long-lived objects; left in the collected
         # generations, each full collection walked them all (a 260-350 ms pause in p99).
         gc.freeze()
+        if self._closing or self.states.get(key) is None:
+            # The pool closed (or forgot this load) meanwhile: nobody will unload it later.
+            await served.close()
+            raise UnavailableError(
+                f"{name}/{version} was unloaded while it loaded: the server is stopping"
+            )
         self.served[key] = served
         self.states[key] = LoadState("ready")
+        footprint = loaded.footprint
+        if footprint is not None:
+            self._footprints[key] = footprint.bytes
         if self.metrics is not None:
             self.metrics.load_seconds.labels(name, str(version)).set(loaded.load_seconds)
-        log.info("loaded %s/%s in %.2fs", name, version, loaded.load_seconds)
+        log.info(
+            "loaded %s/%s in %.2fs (%s)",
+            name,
+            version,
+            loaded.load_seconds,
+            "memory not measured" if footprint is None else f"{footprint.bytes / 2**20:.1f} MB",
+        )
+        self._shrink(key)
         return served
 
     def _load_blocking(self, name: str, version: int) -> LoadedModel:
         info = self.registry.resolve(Reference(name, version=version))
-        return load_resolved(self.registry.store, info)
+        return measured_load(lambda: load_resolved(self.registry.store, info), info.size_bytes)
 
     def _serve(self, loaded: LoadedModel) -> ServedModel:
         info = loaded.version
@@ -342,6 +608,7 @@ class ModelPool:
                     staged[name][alias] = old
                 moves.append((name, alias, version, old))
         self.resolver.set_aliases(staged)  # removed aliases stop routing now
+        self._wanted = _targets(table)  # a move's target loads outside the on-demand budget
         switched = await asyncio.gather(*(self._switch(*move) for move in moves))
         left = {(name, old) for (name, _, _, old), ok in zip(moves, switched, strict=True) if ok}
         left |= {
@@ -368,3 +635,12 @@ class ModelPool:
             self.states.pop(key, None)
             await served.close()
             log.info("unloaded %s/%s", *key)
+
+
+def _targets(table: Mapping[str, Mapping[str, int]]) -> set[tuple[str, int]]:
+    return {(name, v) for name, aliases in table.items() for v in aliases.values()}
+
+
+def _bytes_of(served: ServedModel) -> int:
+    footprint = served.loaded.footprint
+    return 0 if footprint is None else footprint.bytes

@@ -25,7 +25,7 @@ from berth.runtime import oip as oip_codec
 from berth.runtime.path import InferencePath
 
 from . import oip, v1
-from .errors import status_of
+from .errors import error_headers, status_of
 from .middleware import BodyLimit
 
 log = logging.getLogger("berth.server")
@@ -86,6 +86,7 @@ class InferenceRoutes:
                     extra = [(_HEADER_LENGTH, str(header_length).encode())]
         except BerthError as exc:
             status, content, content_type = status_of(exc), _error(str(exc)), _JSON
+            extra = error_headers(exc)
         except Exception as exc:  # never a framework's or model's text to the client
             log.error("unhandled error on POST %s", scope["path"], exc_info=exc)
             status, content_type = 500, _JSON

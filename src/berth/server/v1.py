@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -76,10 +79,38 @@ async def predict_json(
 
 
 async def models(request: Request) -> Response:
-    """Every model with its aliases and which versions this server has loaded."""
+    """Every model with its aliases and which versions this server process has loaded, and
+    why each is in memory: ``residency`` per version says its aliases (kept loaded) or, for a
+    version loaded on demand, how long it has been idle (unloaded least recently used first),
+    its requests in flight and its measured footprint; ``memory`` gives the budget of on-demand
+    versions and what they hold. With ``--workers N`` each worker answers for itself (``pid``)."""
     path: InferencePath = request.app.state.path
+    pool = path.pool
     summaries = await asyncio.to_thread(path.registry.list_models)
     loaded = path.loaded()
+    residency: dict[str, dict[str, dict[str, Any]]] = {}
+    on_demand, on_demand_bytes = 0, 0
+    now = time.time()
+    for r in pool.residency():
+        entry: dict[str, Any] = {
+            "state": r.state,
+            "why": "on demand" if r.on_demand else "aliased",
+            "aliases": list(r.aliases),
+            "in_flight": r.in_flight,
+        }
+        if r.idle_s is not None:
+            entry["idle_s"] = round(r.idle_s, 3)
+            entry["last_used"] = _iso(now - r.idle_s)
+        if r.state == "ready":
+            entry["memory_bytes"] = r.memory_bytes
+            entry["resident_bytes"] = r.resident_bytes
+            entry["artifact_bytes"] = r.artifact_bytes
+            if r.on_demand:
+                on_demand += 1
+                on_demand_bytes += r.memory_bytes or 0
+        if r.reason is not None:
+            entry["reason"] = r.reason
+        residency.setdefault(r.model, {})[str(r.version)] = entry
     out: list[dict[str, Any]] = []
     for m in summaries:
         states = {
@@ -94,9 +125,23 @@ async def models(request: Request) -> Response:
                 "latest": m.latest_version,
                 "aliases": m.aliases,
                 "loaded": states,
+                "residency": residency.get(m.name, {}),
             }
         )
-    return json_response({"models": out})
+    budget = pool.budget
+    memory = {
+        "pid": os.getpid(),
+        "resident_bytes": pool.resident_bytes(),
+        "max_unaliased_versions": budget.max_versions,
+        "max_unaliased_bytes": budget.max_bytes,
+        "unaliased_loaded": on_demand,
+        "unaliased_bytes": on_demand_bytes,
+    }
+    return json_response({"models": out, "memory": memory})
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
 
 def router() -> APIRouter:
