@@ -3,6 +3,7 @@ the uninterrupted run's, no row lost and none twice, in the output and in the re
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -13,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pytest
 from tests.batch.data import write_parquet
+from tests.cli.test_cli import CLEAN_ENV
 from tests.models import SlowSum
+from typer.testing import CliRunner
 
 from berth.app import Berth
+from berth.cli.main import app
 from berth.runtime.record_reader import RecordReader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +39,7 @@ def slow(client: Berth, tmp_path: Path) -> Path:
 
 
 def _command(home: Path, source: Path, out: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "BERTH_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "BERTH_HOME": str(home), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     env.pop("BERTH_DATABASE_URL", None)
     code = "from berth.cli.main import main; main()"
     args = ["batch", "run", "slow", "-i", str(source), "-o", str(out), "-p", "id"]
@@ -91,7 +96,9 @@ def test_kill_9_then_the_same_command_finishes_the_job(
     _kill_after(_command(home, slow, out), home, parts=5)
     assert not out.exists()  # nothing half-written where users look
     killed = client.jobs.recent()[0]
-    assert killed.status == "running"  # as the dead process left it
+    assert killed.status == "interrupted"  # its row says running: its process is gone
+    assert "is gone" in killed.message
+    _interrupted_in_list_and_show(home, killed.id)
 
     _finish(_command(home, slow, out))
     _check(client, home, slow, out, attempts=2)
@@ -102,6 +109,59 @@ def test_kill_9_then_the_same_command_finishes_the_job(
         pd.read_parquet(out).drop(columns=["prediction_id"]),
         pd.read_parquet(uninterrupted).drop(columns=["prediction_id"]),
     )
+
+
+def _interrupted_in_list_and_show(home: Path, job_id: str) -> None:
+    cli = CliRunner(env=CLEAN_ENV)
+
+    def run(*args: str) -> str:
+        result = cli.invoke(app, ["--home", str(home), "batch", *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    (row,) = [line for line in run("list").splitlines() if job_id in line]
+    assert "interrupted" in row
+    assert "running" not in row
+    assert job_id in run("list", "--status", "interrupted")
+    assert job_id not in run("list", "--status", "running")
+    shown = run("show", job_id)
+    assert "interrupted" in shown
+    assert "(gone)" in shown
+    assert json.loads(run("show", job_id, "--json"))["status"] == "interrupted"
+
+
+def test_a_ragged_csv_row_survives_kill_9_exactly_once(
+    client: Berth, home: Path, tmp_path: Path, slow: Path
+) -> None:
+    """Ragged rows before and after the kill: the errors file is the uninterrupted run's."""
+    frame = pd.read_parquet(slow)
+    lines = frame.to_csv(index=False).splitlines()
+    for row in (30, 500, 999):  # chunk 1 (done before the kill), chunk 20, the last row
+        lines[row + 1] = f"{row},0.5"
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.parquet"
+    _kill_after(_command(home, source, out), home, parts=5)
+    _finish(_command(home, source, out))
+    uninterrupted = tmp_path / "uninterrupted.parquet"
+    _finish(_command(home, source, uninterrupted))
+
+    resumed = client.jobs.recent(limit=2)[1]  # the newest is the uninterrupted run's
+    assert (resumed.attempts, resumed.rows, resumed.errors) == (2, ROWS, 3)
+    errors = (tmp_path / "scores.errors.csv").read_bytes()
+    assert errors == (tmp_path / "uninterrupted.errors.csv").read_bytes()
+    assert pd.read_csv(tmp_path / "scores.errors.csv")["row"].tolist() == [30, 500, 999]
+    result = pd.read_parquet(out)
+    assert result["prediction_id"].tolist() == [
+        f"{resumed.id}-{i}" for i in range(ROWS) if i not in (30, 500, 999)
+    ]
+    pd.testing.assert_frame_equal(
+        result.drop(columns=["prediction_id"]),
+        pd.read_parquet(uninterrupted).drop(columns=["prediction_id"]),
+    )
+    records = RecordReader(home / "records").read("slow")
+    ids = records.filter(pc.starts_with(records["prediction_id"], resumed.id))
+    assert sorted(ids["prediction_id"].to_pylist()) == sorted(result["prediction_id"])
 
 
 @pytest.mark.slow

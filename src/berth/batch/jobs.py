@@ -1,10 +1,12 @@
 """Batch jobs and schedules in the metadata database: the one place that writes their tables.
 
-Statuses: ``running`` (a process holds the job), ``interrupted`` (stopped by a signal or Ctrl-C),
-``failed`` (an error; resumable when the cause is fixed), ``succeeded``, ``abandoned`` (given up
-for a new start with ``--restart``). A ``running`` job whose
-process died (kill -9, a lost machine) looks running until someone resumes it; the resuming
-process takes the job's lock file first, which only a live process can hold.
+Statuses: ``running`` (a process holds the job), ``interrupted`` (stopped by a signal or Ctrl-C,
+or its process is gone), ``failed`` (an error; resumable when the cause is fixed), ``succeeded``,
+``abandoned`` (given up for a new start with ``--restart``). A process killed with kill -9 leaves
+its job ``running`` in the table; read back on the same host, such a job is shown
+``interrupted`` (see ``owner``), with no write. A job of another host cannot be judged from here
+and stays ``running``. Whatever the table says, the process that resumes a job takes its lock
+file first, which only a live process can hold.
 
 Longer than an adapter module should be: it is the jobs' and schedules' store (queries and
 their row mapping), with no scoring in it.
@@ -22,12 +24,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from berth.batch.owner import gone
 from berth.batch.specs import JobSpec
 from berth.errors import ConflictError, InvalidInputError, NotFoundError
 from berth.registry.db import Database
 from berth.registry.tables import JobRow, ScheduleRow, utcnow, write_audit
 
 RESUMABLE = ("running", "interrupted", "failed")
+LIVE_OR_NOT = ("running", "interrupted")
 MISSED_POLICIES = ("once", "skip")
 
 
@@ -204,12 +208,16 @@ class JobStore:
         self, *, limit: int = 50, status: str | None = None, schedule_id: int | None = None
     ) -> list[JobInfo]:
         with self.db.read() as s:
-            query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
-            if status is not None:
-                query = query.where(JobRow.status == status)
+            query = select(JobRow).order_by(JobRow.created_at.desc())
             if schedule_id is not None:
                 query = query.where(JobRow.schedule_id == schedule_id)
-            return [_job(r) for r in s.scalars(query)]
+            if status in LIVE_OR_NOT:  # a running row may read back as interrupted
+                query = query.where(JobRow.status.in_(LIVE_OR_NOT))
+                jobs = (_job(r) for r in s.scalars(query))
+                return [j for j in jobs if j.status == status][:limit]
+            if status is not None:
+                query = query.where(JobRow.status == status)
+            return [_job(r) for r in s.scalars(query.limit(limit))]
 
     # -- schedules -----------------------------------------------------------------------------
 
@@ -330,6 +338,13 @@ def _schedule_row(s: Any, name: str) -> ScheduleRow:
 
 
 def _job(row: JobRow) -> JobInfo:
+    status, message = row.status, row.message
+    if status == "running" and gone(row.host, row.pid, row.updated_at):
+        status = "interrupted"
+        message = (
+            f"its process ({row.pid} on {row.host}) is gone: killed, or the machine stopped; "
+            f"run the same command or berth batch resume {row.id} to finish"
+        )
     return JobInfo(
         id=row.id,
         reference=row.reference,
@@ -340,12 +355,12 @@ def _job(row: JobRow) -> JobInfo:
         destination=row.destination,
         spec=JobSpec.from_dict(row.spec),
         engine=row.engine,
-        status=row.status,
+        status=status,
         rows=row.rows,
         errors=row.errors,
         chunks=row.chunks,
         total_rows=row.total_rows,
-        message=row.message,
+        message=message,
         schedule_id=row.schedule_id,
         host=row.host,
         pid=row.pid,

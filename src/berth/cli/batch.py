@@ -242,7 +242,8 @@ def _term_as_interrupt() -> Iterator[None]:
 def list_jobs(
     ctx: typer.Context,
     status: Annotated[
-        str | None, typer.Option(help="Only jobs with this status (running, succeeded...).")
+        str | None,
+        typer.Option(help="Only jobs with this status: running, interrupted, failed, succeeded."),
     ] = None,
     limit: Annotated[int, typer.Option(help="How many of the newest jobs.", min=1)] = 50,
     as_json: JsonFlag = False,
@@ -307,6 +308,12 @@ def show(
             ("time", f"{j.seconds:.1f} s over {j.attempts} attempt(s), {rate}"),
             ("started", f"{when(j.created_at)} by {j.created_by}"),
             ("finished", when(j.finished_at) if j.finished_at else "-"),
-            ("process", f"{j.pid} on {j.host}" if j.pid else "-"),
+            ("process", _process(j)),
         ],
     )
+
+
+def _process(job: JobInfo) -> str:
+    if not job.pid:
+        return "-"
+    return f"{job.pid} on {job.host}" + (" (gone)" if job.status == "interrupted" else "")
