@@ -130,17 +130,24 @@ def test_a_request_past_its_deadline_fails_and_its_queued_work_is_dropped(
     serving = {"late": ModelServing(timeout_s=0.15, max_batch_size=8, max_latency_ms=0.0)}
 
     async def body(pool: ModelPool, path: InferencePath) -> None:
+        await path.resolve("late")  # loaded before the clock starts
+        served = pool.served[("late", 1)]
+        calls = model_of(served).calls
         first = asyncio.ensure_future(infer(path, "late", frame(1.0)))
-        await asyncio.sleep(0.05)  # the first call is under way; the second queues behind it
+        while not calls:  # the first call is under way; the second queues behind it
+            await asyncio.sleep(0.005)
         with pytest.raises(DeadlineExceededError, match=r"deadline of 0.15 s"):
             await infer(path, "late", frame(2.0))
         with pytest.raises(DeadlineExceededError):
             await first  # under way when its deadline passed: its result is dropped
-        await asyncio.sleep(0.5)  # the first call ends; the queue is looked at again
-        calls = model_of(pool.served[("late", 1)]).calls
+        assert served.batcher is not None
+        for _ in range(500):  # the first call ends and the queue is looked at again
+            if served.batcher.depth == 0:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert served.batcher.depth == 0
         assert calls == [[1.0]], calls  # the second request was never predicted
-        served = pool.served[("late", 1)]
-        assert served.batcher is not None and served.batcher.depth == 0
 
     with_pool(client, body, serving)
 
@@ -230,3 +237,19 @@ def test_http_answers_413_422_504_and_says_what_was_cut(client: Berth) -> None:
             assert r.json()["parameters"]["truncated"] == [0]
 
     asyncio.run(go())
+
+
+def test_a_large_text_request_goes_in_parts_of_at_most_part_chars(client: Berth) -> None:
+    register_text(client, "parts")
+    lengths = [10, 10, 10, 5, 30, 1]
+
+    async def body(pool: ModelPool, path: InferencePath) -> None:
+        result = await infer(path, "parts", texts(*("x" * n for n in lengths)))
+        assert result.outputs["prediction"].tolist() == [float(n) for n in lengths]
+        # 20 characters a part: 10+10 | 10+5 | 30 (alone: a part has at least one row) | 1
+        assert model_of(pool.served[("parts", 1)]).calls == [2, 2, 1, 1]
+        small = await infer(path, "parts", texts("x" * 19))
+        assert small.outputs["prediction"].tolist() == [19.0]
+        assert model_of(pool.served[("parts", 1)]).calls[-1] == 1
+
+    with_pool(client, body, {"parts": ModelServing(max_batch_size=8, part_chars=20)})

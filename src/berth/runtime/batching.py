@@ -260,17 +260,48 @@ class MicroBatcher:
         a call's worth at a time, each part to the back of the queue when the one before is
         answered, so requests that arrive meanwhile share the calls instead of waiting for the
         whole of it (a one-sentence request waited 16 s behind 200 texts)."""
-        limit = self.config.max_batch_size
-        if len(frame) <= limit:
+        bounds = self._parts(frame)
+        if bounds is None:
             return await self._submit(frame)
         import numpy as np
 
         parts = []
-        for start in range(0, len(frame), limit):
-            parts.append(
-                await self._submit(frame.iloc[start : start + limit].reset_index(drop=True))
-            )
+        for start, end in itertools.pairwise(bounds):
+            parts.append(await self._submit(frame.iloc[start:end].reset_index(drop=True)))
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _parts(self, frame: pd.DataFrame) -> list[int] | None:
+        """Where a large request is cut into parts (row positions, 0 to its length), or None
+        when it goes whole: parts of ``max_batch_size`` rows and, with ``part_chars``, of at most
+        that many characters of text (a part has at least one row)."""
+        import numpy as np
+
+        limit, chars = self.config.max_batch_size, self.config.part_chars
+        rows = len(frame)
+        sizes: np.ndarray[Any, Any] | None = None
+        if chars is not None:
+            import pandas as pd
+
+            texts = [
+                frame[c]
+                for c in frame.columns
+                if frame[c].dtype == object or isinstance(frame[c].dtype, pd.StringDtype)
+            ]
+            if texts:
+                sizes = np.zeros(rows, dtype=np.int64)
+                for values in texts:
+                    sizes += np.fromiter(map(len, values), dtype=np.int64, count=rows)
+        if rows <= limit and (sizes is None or int(sizes.sum()) <= (chars or 0)):
+            return None
+        bounds, start, used = [0], 0, 0
+        for i in range(rows):
+            size = 0 if sizes is None else int(sizes[i])
+            if i > start and (i - start >= limit or (chars is not None and used + size > chars)):
+                bounds.append(i)
+                start, used = i, 0
+            used += size
+        bounds.append(rows)
+        return bounds
 
     async def _submit(self, frame: pd.DataFrame) -> Outputs:
         loop = asyncio.get_running_loop()
