@@ -302,3 +302,40 @@ def test_a_duckdb_query_failing_half_way_is_one_line(churn: Berth, tmp_path: Pat
 @pytest.fixture
 def cli(home: Path) -> CliRunner:
     return CliRunner(env=CLEAN_ENV)
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+class _RemoveFolder:
+    """A progress watcher that removes the output's folder once the job has started."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def start(self, *args: object) -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+    def advance(self, rows: int, errors: int, total: int | None) -> None:
+        if self.folder.exists():
+            self.folder.rmdir()
+
+
+def test_an_output_folder_gone_mid_job_is_one_line_and_the_job_resumes(
+    churn: Berth, tmp_path: Path
+) -> None:
+    from berth.errors import UnavailableError
+
+    source = write_parquet(customers(100), tmp_path / "in.parquet")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    job_spec = spec(source, folder / "o.csv")
+    with pytest.raises(UnavailableError, match=f"stopped on a file error: .*{folder}") as caught:
+        churn.run_batch(job_spec, progress=_RemoveFolder(folder))
+    assert "\n" not in str(caught.value)
+    assert churn.jobs.recent()[0].status == "failed"
+    folder.mkdir()
+    job = churn.run_batch(job_spec)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert len(pd.read_csv(folder / "o.csv")) == 100

@@ -231,3 +231,42 @@ def test_a_run_after_a_failed_run_starts_over_on_the_new_input(
     assert done is not None
     assert (done.status, done.rows, done.errors) == ("succeeded", 60, 0)
     assert [j.status for j in churn.jobs.recent()] == ["succeeded", "abandoned"]
+
+
+def test_a_run_after_a_killed_run_is_not_held_up_by_it(churn: Berth, tmp_path: Path) -> None:
+    """Last night's job was killed with kill -9 (its row still says running): tonight's run sees
+    it interrupted, gives it up and starts over."""
+    import signal
+    import subprocess
+    import sys
+
+    from sqlalchemy import update
+
+    from berth.registry.tables import JobRow
+
+    source = write_parquet(customers(30), tmp_path / "in.parquet")
+    job = spec(source, tmp_path / "latest.parquet", overwrite=True)
+    churn.jobs.create_schedule(
+        "fixed",
+        job,
+        cron="0 2 * * *",
+        timezone="UTC",
+        missed="once",
+        next_run_at=next_run("0 2 * * *", "UTC", T0),
+        actor="tester",
+    )
+    killed = churn.jobs.create(render(job, T0, "UTC"), model="churn", version=1, actor="tester")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    with churn.db.write() as s:
+        s.execute(update(JobRow).where(JobRow.id == killed.id).values(pid=owner.pid))
+    assert churn.jobs.get(killed.id).status == "interrupted"
+
+    scheduler = _scheduler(churn, Clock(T0 + timedelta(minutes=31)))
+    scheduler.tick()
+    (done,) = _wait(scheduler)
+    assert done is not None
+    assert (done.status, done.rows) == ("succeeded", 30)
+    assert churn.jobs.get(killed.id).status == "abandoned"
+    assert churn.jobs.get_schedule("fixed").last_message == ""

@@ -19,7 +19,7 @@ from berth.batch.jobs import RESUMABLE, JobInfo, JobStore
 from berth.batch.pipeline import Progress, Quiet, score
 from berth.batch.sources import Reader, input_stamp, open_reader
 from berth.batch.specs import JobSpec
-from berth.errors import BerthError, ConflictError, InvalidInputError
+from berth.errors import BerthError, ConflictError, InvalidInputError, UnavailableError
 from berth.registry.references import Reference
 from berth.runtime.path import InferencePath
 from berth.runtime.routing import Target
@@ -236,12 +236,28 @@ def _run(
         if isinstance(exc, StoppedError):
             with contextlib.suppress(Exception):  # the job's failure is the news, not this
                 write_errors(spec, work)  # so the bad rows can be looked at and fixed
-        message = str(exc) if isinstance(exc, BerthError) else f"{type(exc).__name__}: {exc}"
+        failure = _file_error(job, exc) if isinstance(exc, OSError) else None
+        if failure is not None or isinstance(exc, BerthError):
+            message = str(failure or exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
         ctx.jobs.finish(job.id, "failed", message, seconds=spent + time.perf_counter() - started)
+        if failure is not None:
+            raise failure from exc
         raise
     finished = ctx.jobs.finish(job.id, "succeeded", seconds=spent + time.perf_counter() - started)
     shutil.rmtree(work, ignore_errors=True)
     return finished
+
+
+def _file_error(job: JobInfo, exc: OSError) -> UnavailableError:
+    """A file that could not be written or read (a folder removed, a full disk): one line naming
+    it, since the finished chunks are kept and the same command resumes once it is fixed."""
+    lines = str(exc).strip().splitlines()
+    return UnavailableError(
+        f"job {job.id} stopped on a file error: {lines[0] if lines else type(exc).__name__}; "
+        "fix it and run the same command (or berth batch resume) to finish"
+    )
 
 
 def _stopped(spec: JobSpec, work: Path, rows: int, bad: int) -> StoppedError:
