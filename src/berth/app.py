@@ -21,7 +21,7 @@ from berth.registry.artifacts import ArtifactStore
 from berth.registry.db import Database
 from berth.registry.references import parse_reference
 from berth.registry.service import AuditEvent, ModelSummary, Registry, VersionInfo
-from berth.registry.signature import Signature
+from berth.registry.signature import RangePolicy, Signature
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,6 +88,7 @@ class Berth:
         save_options: Mapping[str, Any] | None = None,
         source: str | None = None,
         measure_latency: bool = True,
+        range_policy: RangePolicy | Mapping[str, RangePolicy] | None = None,
     ) -> VersionInfo:
         """Save ``model`` as the next immutable version of ``name``.
 
@@ -99,6 +100,11 @@ class Berth:
         copy of the model is in memory), stored as ``lineage["latency"]`` and shown by
         ``berth models show``; ``measure_latency=False`` skips it. A model that fails there only
         gets no figure.
+        With ``training_data`` each numeric feature's observed range (minimum and maximum there)
+        is stored in the signature; ``range_policy`` says what a request value outside it does:
+        ``"warn"`` (the default: predicted, its prediction record lists the feature in
+        ``warnings``) or ``"refuse"`` (a 422 naming the feature, value and range; a refused row
+        in a batch job), for every numeric feature or per feature (``{"age": "refuse"}``).
         Raises ``InvalidInputError`` for a bad name, signature, metric or training data and
         ``UntrustedArtifactError`` when the model needs a code-executing format without trust.
         """
@@ -121,6 +127,7 @@ class Berth:
             save_options=save_options,
             source=source,
             measure_latency=measure_latency,
+            range_policy=range_policy,
         )
 
     @property

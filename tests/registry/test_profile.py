@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from berth.registry.profile import QUANTILES, fingerprint, profile
+from berth.registry.profile import QUANTILES, fingerprint, observed_ranges, profile
 from berth.registry.signature import Signature, infer_signature
 
 
@@ -54,3 +54,17 @@ def test_fingerprint_follows_content_not_index() -> None:
     assert fingerprint(a) != fingerprint(pd.DataFrame({"x": [1, 2, 4]}))
     assert fingerprint(a) != fingerprint(pd.DataFrame({"y": [1, 2, 3]}))
     assert fingerprint(["a", "b"]) != fingerprint(["ab"])
+
+
+def test_observed_ranges_are_each_numeric_features_minimum_and_maximum() -> None:
+    frame = pd.DataFrame(
+        {
+            "age": np.array([31, 18, 79]),
+            "x": [np.nan, -2.5, 4.0],
+            "empty": [np.nan, np.nan, np.nan],
+            "colour": ["red", "blue", "red"],
+        }
+    )
+    ranges = observed_ranges(profile(frame, infer_signature(frame)))
+    assert ranges == {"age": (18.0, 79.0), "x": (-2.5, 4.0)}
+    assert observed_ranges(None) == {}

@@ -81,6 +81,7 @@ def test_files_are_partitioned_by_model_and_day_with_typed_columns(tmp_path: Pat
         "variant",
         "source_id",
         "latency_ms",
+        "warnings",
         "in.age",
         "in.plan",
         "out.label",

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from berth.errors import InvalidInputError, SchemaError
 from berth.registry.signature import Feature, Signature, infer_signature
-from berth.runtime.validation import check_columns, validate
+from berth.runtime.codecs import InputBlock
+from berth.runtime.validation import check_columns, out_of_range, validate, validate_columns
 
 
 def tabular(*features: Feature, **options: Any) -> Signature:
@@ -763,3 +764,91 @@ def test_a_block_from_a_binary_tensor_becomes_a_frame_of_its_own() -> None:
     flags = np.array([[True, False, True]])
     with pytest.raises(SchemaError, match="feature 'a'"):
         validate_columns(sig, InputBlock(("a", "b", "c"), flags))
+
+
+# -- observed ranges: warn (found for the records) or refuse -------------------------------------
+
+
+def observed(policy: dict[str, str] | str | None = None) -> Signature:
+    """``CREDIT`` with the ranges of ``credit_frame()``: age 30-61, income 0-3400."""
+    return CREDIT.with_observed_ranges({"age": (30, 61), "income": (0.0, 3400.0)}, policy)
+
+
+def test_a_value_outside_a_refusing_observed_range_is_refused_naming_it_and_the_range() -> None:
+    with pytest.raises(SchemaError) as exc:
+        validate(observed({"age": "refuse"}), credit_frame(age=[30, 45, 29]))
+    assert_names(exc, "age", 2)
+    assert "value 29 is outside the range seen in training [30, 61]" in str(exc.value)
+
+
+def test_under_warn_the_value_passes_and_is_found_for_the_records() -> None:
+    sig = observed()
+    frame, columns = validate_columns(sig, credit_frame(age=[30, 45, 90], income=[-0.0, 5e3, 1.0]))
+    assert frame["age"].tolist() == [30, 45, 90]
+    found = out_of_range(sig, columns)
+    assert found is not None
+    assert found.features == ("age", "income")
+    assert found.rows.tolist() == [[False, False], [False, True], [True, False]]
+    assert found.to_arrow().to_pylist() == [
+        None,
+        ["out_of_range:income"],
+        ["out_of_range:age"],
+    ]
+
+
+def test_nothing_outside_is_none_and_a_declared_range_is_enforced_still() -> None:
+    sig = observed()
+    assert out_of_range(sig, validate_columns(sig, credit_frame())[1]) is None
+    with pytest.raises(SchemaError) as exc:  # declared minimum 18, whatever the policy
+        validate(sig, credit_frame(age=[30, 17, 40]))
+    assert_names(exc, "age", 1)
+
+
+def test_a_missing_value_is_not_out_of_range() -> None:
+    sig = tabular(
+        Feature(name="x", dtype="float64", nullable=True), Feature(name="y", dtype="float64")
+    ).with_observed_ranges({"x": (0.0, 1.0), "y": (0.0, 1.0)}, "refuse")
+    frame = validate(sig, pd.DataFrame({"x": [np.nan, 0.5], "y": [0.0, 1.0]}))
+    assert frame["y"].tolist() == [0.0, 1.0]
+
+
+def test_in_a_batch_a_refused_row_goes_aside_with_its_reason() -> None:
+    sig = observed({"age": "refuse"})
+    checked = check_columns(
+        sig, credit_frame(age=[30, 99, 40], income=[1.0, 2.0, 9e9], plan=["basic", "pro", "gold"])
+    )
+    assert checked.kept.tolist() == [0]
+    assert checked.bad_rows.tolist() == [1, 2]
+    assert "'age' value 99 is outside the range seen in training [30, 61]" in checked.reasons[0]
+    assert "unknown category 'gold'" in checked.reasons[1]  # its first problem, in order
+    assert checked.frame["age"].tolist() == [30]
+    assert out_of_range(sig, checked.columns) is None
+
+
+FLOATS = tabular(*(Feature(name=f"f{i}", dtype="float64") for i in range(4)))
+
+
+@pytest.mark.parametrize("policy", ["warn", "refuse"])
+def test_the_float_block_gives_the_answers_of_the_columns(policy: str) -> None:
+    """All-float64 signatures are checked as one block; refusal and warnings are the same."""
+    sig = FLOATS.with_observed_ranges({f"f{i}": (0.0, 1.0) for i in range(4)}, policy)
+    rng = np.random.default_rng(3)
+    block = rng.uniform(-0.2, 1.2, (50, 4))
+    data = {f"f{i}": block[:, i] for i in range(4)}
+    as_objects = {name: values.astype(object) for name, values in data.items()}  # no block path
+    if policy == "refuse":
+        for given in (data, as_objects, InputBlock(tuple(FLOATS.names), block)):
+            with pytest.raises(SchemaError) as exc:
+                validate(sig, given)
+            first = int(np.flatnonzero(((block < 0) | (block > 1)).any(axis=1))[0])
+            assert f"at row {first}" in str(exc.value)
+        return
+    frame, columns = validate_columns(sig, data)
+    slow = out_of_range(sig, validate_columns(sig, as_objects)[1])
+    recorded = out_of_range(sig, InputBlock(tuple(sig.names), frame.to_numpy()))
+    assert slow is not None
+    assert recorded is not None
+    fast = out_of_range(sig, columns)
+    assert fast is not None
+    expected = ((block < 0) | (block > 1)).tolist()
+    assert fast.rows.tolist() == slow.rows.tolist() == recorded.rows.tolist() == expected

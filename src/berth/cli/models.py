@@ -188,6 +188,14 @@ def register(
             "`models show`)."
         ),
     ] = True,
+    range_policy: Annotated[
+        list[str],
+        typer.Option(
+            help="What a value outside a numeric feature's range in --training-data does: warn "
+            "(the default: predicted, listed in its record's warnings) or refuse (422), for "
+            "every feature, or FEATURE=warn|refuse; repeatable."
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Register a saved model as the next version of NAME.
 
@@ -222,6 +230,7 @@ def register(
         trusted=trusted,
         source=str(path.resolve()),
         measure_latency=measure_latency,
+        range_policy=_range_policy(range_policy),
     )
     for a in alias:
         c.set_alias(name, a, info.version)
@@ -272,6 +281,19 @@ def delete(
     console.print(f"deleted {info.ref}")
 
 
+def _range_policy(given: list[str]) -> Any:
+    """``--range-policy refuse`` (every feature) or ``--range-policy age=refuse`` (repeatable);
+    the values are checked by the registration."""
+    whole = [g for g in given if "=" not in g]
+    if not whole:
+        return key_values(given, "--range-policy") or None
+    if len(given) > 1:
+        raise InvalidInputError(
+            "--range-policy: give one policy for every feature, or FEATURE=POLICY options"
+        )
+    return whole[0]
+
+
 def _signature_table(signature: Signature) -> Table:
     table = Table(
         "input", "dtype", "allowed", title=f"{signature.kind} signature", title_justify="left"
@@ -283,6 +305,8 @@ def _signature_table(signature: Signature) -> Table:
             allowed = f"[{f.minimum}, {f.maximum}]"
         else:
             allowed = "any" + (" or null" if f.nullable else "")
+        if f.observed:
+            allowed += f"; seen [{f.observed_minimum}, {f.observed_maximum}], {f.range_policy}"
         table.add_row(f.name, f.dtype, allowed)
     for o in signature.outputs:
         classes = ", ".join(map(str, o.classes)) if o.classes else ""

@@ -54,6 +54,16 @@ def profile(
     return {"rows": len(data), "features": features}
 
 
+def observed_ranges(reference: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+    """Each numeric feature's minimum and maximum in a profile's training data (features with no
+    value there have none): the observed ranges registration records in the signature."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, summary in ((reference or {}).get("features") or {}).items():
+        if summary.get("type") == "numeric" and summary.get("min") is not None:
+            ranges[name] = (float(summary["min"]), float(summary["max"]))
+    return ranges
+
+
 def _column_profile(column: pd.Series, dtype: str) -> dict[str, Any]:
     missing = int(column.isna().sum())
     values = column.dropna()

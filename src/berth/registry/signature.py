@@ -1,14 +1,18 @@
 """Signatures: the typed input and output schema of a version.
 
 A tabular signature names each feature with a dtype and, where the user declares them, an allowed
-range or category set. A text signature has one string input, ``text``. Outputs name the arrays a
-predictor returns (``label``, ``probabilities``...) with their shapes and, for classifiers, classes.
-Validation against a signature lives in ``berth.runtime.validation``.
+range or category set. Registration with training data also records each numeric feature's
+observed range (its minimum and maximum there) and what a value outside it does: ``warn`` (the
+default: the prediction is made and its record lists the feature, for monitoring) or ``refuse``
+(a 422, or the row refused in a batch job). A declared range is always enforced. A text signature
+has one string input, ``text``. Outputs name the arrays a predictor returns (``label``,
+``probabilities``...) with their shapes and, for classifiers, classes. Validation against a
+signature lives in ``berth.runtime.validation``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,6 +30,8 @@ NUMERIC: frozenset[str] = frozenset(
     ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"]
 )
 TEXT_INPUT = "text"
+RangePolicy = Literal["warn", "refuse"]
+RANGE_POLICIES: tuple[RangePolicy, ...] = ("warn", "refuse")
 # Below this many distinct values a string column is taken for a category set.
 _MAX_INFERRED_CATEGORIES = 64
 
@@ -40,16 +46,32 @@ class Feature(BaseModel):
     maximum: float | None = None
     categories: tuple[str, ...] | None = None
     description: str = ""
+    observed_minimum: float | None = None
+    observed_maximum: float | None = None
+    """The range of the training data (recorded at registration); see ``range_policy``."""
+    range_policy: RangePolicy = "warn"
+    """What a value outside the observed range does: ``warn`` (predicted; its record lists the
+    feature in ``warnings``) or ``refuse`` (a 422 naming the feature, the value and the range,
+    or with ``bad_rows="refuse"`` the row refused)."""
 
     @model_validator(mode="after")
     def _coherent(self) -> Feature:
         if self.categories is not None and self.dtype != "string":
             raise ValueError(f"feature {self.name!r}: categories need dtype 'string'")
-        if (self.minimum is not None or self.maximum is not None) and self.dtype not in NUMERIC:
-            raise ValueError(f"feature {self.name!r}: a range needs a numeric dtype")
-        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-            raise ValueError(f"feature {self.name!r}: minimum is above maximum")
+        for lo, hi, what in (
+            (self.minimum, self.maximum, "range"),
+            (self.observed_minimum, self.observed_maximum, "observed range"),
+        ):
+            if (lo is not None or hi is not None) and self.dtype not in NUMERIC:
+                raise ValueError(f"feature {self.name!r}: a {what} needs a numeric dtype")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"feature {self.name!r}: {what} minimum is above maximum")
         return self
+
+    @property
+    def observed(self) -> bool:
+        """Whether values are checked against an observed range."""
+        return self.observed_minimum is not None or self.observed_maximum is not None
 
 
 class Output(BaseModel):
@@ -95,6 +117,37 @@ class Signature(BaseModel):
     def with_outputs(self, outputs: Sequence[Output]) -> Signature:
         return self.model_copy(update={"outputs": tuple(outputs)})
 
+    def with_observed_ranges(
+        self,
+        ranges: Mapping[str, tuple[float, float]],
+        policy: RangePolicy | Mapping[str, RangePolicy] | None = None,
+    ) -> Signature:
+        """A copy whose numeric features carry the observed ``ranges`` (by feature; a feature
+        that already has an observed range keeps it) and the range ``policy``: one for every
+        numeric feature, or some features' by name (the others keep theirs; the default is
+        ``warn``). Raises ``InvalidInputError`` for a policy naming an unknown or non-numeric
+        feature, an unknown policy, or a policy with no observed range to apply to."""
+        policies = _range_policies(self, policy)
+        features = []
+        for f in self.inputs:
+            update: dict[str, Any] = {}
+            if f.dtype in NUMERIC and not f.observed and f.name in ranges:
+                lo, hi = ranges[f.name]
+                update |= {"observed_minimum": float(lo), "observed_maximum": float(hi)}
+            if f.name in policies:
+                update["range_policy"] = policies[f.name]
+            features.append(Feature.model_validate({**f.model_dump(), **update}) if update else f)
+        ranged = {f.name for f in features if f.observed}
+        named = [] if isinstance(policy, str) else [n for n in policies if n not in ranged]
+        if named or (policies and not ranged & set(policies)):
+            which = f" for {', '.join(map(repr, named))}" if named else ""
+            raise InvalidInputError(
+                f"range_policy{which}: no observed range to apply it to (register with "
+                "training_data=, where the ranges come from, or declare observed_minimum and "
+                "observed_maximum in the signature)"
+            )
+        return self.model_copy(update={"inputs": tuple(features)})
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=False)
 
@@ -110,6 +163,41 @@ class Signature(BaseModel):
     @classmethod
     def for_text(cls) -> Signature:
         return cls(kind="text", inputs=(Feature(name=TEXT_INPUT, dtype="string"),))
+
+
+def _range_policies(
+    signature: Signature, policy: RangePolicy | Mapping[str, RangePolicy] | None
+) -> dict[str, RangePolicy]:
+    """The policy of each feature it is set for, checked."""
+    numeric = [f.name for f in signature.inputs if f.dtype in NUMERIC]
+    if policy is None:
+        return {}
+    if isinstance(policy, str):
+        if policy not in RANGE_POLICIES:
+            raise InvalidInputError(
+                f"range_policy {policy!r}: use one of {', '.join(RANGE_POLICIES)}, or a policy "
+                "per feature"
+            )
+        given: Mapping[str, Any] = dict.fromkeys(numeric, policy)
+        if not numeric:
+            raise InvalidInputError("range_policy: the signature has no numeric feature")
+    else:
+        given = policy
+    for name, value in given.items():
+        if value not in RANGE_POLICIES:
+            raise InvalidInputError(
+                f"range_policy {value!r} for {name!r}: use one of {', '.join(RANGE_POLICIES)}"
+            )
+        if name not in signature.names:
+            raise InvalidInputError(
+                f"range_policy names unknown feature {name!r}; features: "
+                f"{', '.join(signature.names)}"
+            )
+        if name not in numeric:
+            raise InvalidInputError(
+                f"range_policy for {name!r}: a range policy applies to numeric features only"
+            )
+    return dict(given)
 
 
 def infer_signature(

@@ -17,6 +17,9 @@ column                    meaning
 ``variant``               the experiment arm or canary side that served
 ``source_id``             where the inputs came from: a stream message id
 ``latency_ms``            time spent in the path for the request or chunk
+``warnings``              what was odd about the row though it was predicted (null: nothing), as
+                          ``out_of_range:<feature>`` for a value outside the feature's observed
+                          range under the ``warn`` range policy
 ``in.<feature>``          the validated inputs, after the record policy
 ``out.<output>``          the outputs; 2-D ones as fixed-size lists
 ========================  =======================================================================
@@ -41,12 +44,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from berth.runtime.codecs import InputBlock
+from berth.runtime.validation import out_of_range
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from berth.runtime.record_writers import KeyedRecordWriter, QueuedRecordWriter
     from berth.runtime.routing import Target
+    from berth.runtime.validation import OutOfRange
     from berth.types import Outputs
 
 MODES = ("realtime", "batch", "stream", "edge", "library")
@@ -69,6 +74,7 @@ def record_schema() -> pa.Schema:
             ("variant", pa.string()),
             ("source_id", pa.string()),
             ("latency_ms", pa.float32()),
+            ("warnings", pa.list_(pa.string())),
         ]
     )
 
@@ -94,6 +100,8 @@ class RecordBatch:
     deployment: str | None = None
     variant: str | None = None
     source_id: str | None = None
+    warnings: OutOfRange | None = None
+    """The rows' warnings (one per row, or None when no row has any)."""
     at: float = field(default_factory=time.time)
 
     @property
@@ -174,6 +182,7 @@ class RecordProducer:
             deployment=target.deployment or context.deployment,
             variant=target.variant,
             source_id=context.source_id,
+            warnings=out_of_range(target.info.signature, inputs),
         )
         assert batch is not None
         batch = self.policy.apply(batch)
@@ -216,8 +225,9 @@ def to_table(group: list[RecordBatch]) -> pa.Table:
             type=schema.field("time").type,
         ),
     }
-    for name in schema.names[2:]:
+    for name in schema.names[2:-1]:  # the last, warnings, is per row
         columns[name] = repeat([getattr(b, name) for b in group], schema.field(name).type)
+    columns["warnings"] = _warnings(group, sum(counts))
 
     # Plain numpy per column: concatenating hundreds of one-row DataFrames would hold the GIL
     # for a noticeable pause of every request in flight.
@@ -237,3 +247,18 @@ def to_table(group: list[RecordBatch]) -> pa.Table:
     outputs = {name: joined([b.outputs[name] for b in group]) for name in group[0].outputs}
     columns.update(to_record_columns(outputs))
     return pa.table(columns)
+
+
+def _warnings(group: list[RecordBatch], total: int) -> pa.Array:
+    """The ``warnings`` column: null for the rows of batches without any (the common case)."""
+    import pyarrow as pa
+
+    kind = pa.list_(pa.string())
+    if all(b.warnings is None for b in group):
+        return pa.nulls(total, type=kind)
+    return pa.concat_arrays(
+        [
+            pa.nulls(b.rows, type=kind) if b.warnings is None else b.warnings.to_arrow()
+            for b in group
+        ]
+    )

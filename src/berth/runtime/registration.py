@@ -32,10 +32,10 @@ from berth.errors import InvalidInputError
 from berth.flavors import detect_flavor, get_flavor
 from berth.flavors.base import Flavor
 from berth.registry import lineage as lineage_mod
-from berth.registry.profile import fingerprint, profile
+from berth.registry.profile import fingerprint, observed_ranges, profile
 from berth.registry.references import check_model_name
 from berth.registry.service import NewVersion, Registry, VersionInfo
-from berth.registry.signature import Signature, infer_signature
+from berth.registry.signature import RangePolicy, Signature, infer_signature
 from berth.runtime.codecs import to_columns
 from berth.runtime.validation import validate
 from berth.types import Predictor
@@ -82,6 +82,7 @@ def register_model(
     source: str | None = None,
     measure_latency: bool = True,
     probe: LatencyProbe = LATENCY_PROBE,
+    range_policy: RangePolicy | Mapping[str, RangePolicy] | None = None,
 ) -> VersionInfo:
     check_model_name(name)
     checked_metrics = _metrics(metrics)
@@ -104,6 +105,10 @@ def register_model(
     if frame is not None:
         embed = chosen.embedder(model) if sig.kind == "text" else None
         reference = profile(frame, sig, embed=embed)
+    if sig.kind == "tabular" or range_policy is not None:
+        # The training data's range of each numeric feature, checked per request as the
+        # policy says (warn by default): inferred signatures declare no range of their own.
+        sig = sig.with_observed_ranges(observed_ranges(reference), range_policy)
     _check_save_options(chosen, save_options or {})
     with registry.store.staging() as stage:
         options = chosen.save(model, stage, trusted=trusted, **dict(save_options or {}))

@@ -5,6 +5,12 @@ setting bad rows aside); ``columns`` holds each feature's checks. Checks are per
 vectorised, so their cost does not grow with a Python loop over rows (the exceptions are object
 columns, where each value's type must be looked at). The returned batch owns its arrays: a
 predictor may write into it without touching the caller's data.
+
+Values outside a feature's observed range (the training data's, see ``Feature.range_policy``)
+are refused like any bad value when its policy is ``refuse``; under ``warn`` they are predicted,
+and :func:`out_of_range` finds them for the records. Each is one comparison of the validated
+numeric columns as a block against vectors of bounds, per batch (for a signature of float64
+features the refusing ranges join the declared ones in the block check, at no cost).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +29,9 @@ from berth.errors import SchemaError
 from berth.registry.signature import Feature, Signature
 from berth.runtime.codecs import InputBlock
 from berth.runtime.columns import Array, Problems, check_column, describe, schema_error
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Batch = Any
 """A DataFrame, a mapping of column arrays (see ``codecs.Columns``), or a pyarrow Table or
@@ -42,7 +51,8 @@ def validate_columns(signature: Signature, data: Batch) -> tuple[pd.DataFrame, d
     back as float64 with NaN (numpy integers hold no missing value); a nullable bool feature with a
     missing value as object with None. The column arrays come back too: the record writer
     keeps them, which is far cheaper than taking the frame apart again. The first bad value
-    raises :class:`SchemaError`, naming the feature and the row.
+    raises :class:`SchemaError`, naming the feature and the row (a value outside the observed
+    range of a feature whose range policy is ``refuse`` is one).
     """
     rows, array = _prepare(signature, data)
     fast = _float_block(signature, array, rows)
@@ -57,7 +67,65 @@ def validate_columns(signature: Signature, data: Batch) -> tuple[pd.DataFrame, d
             row, problem = problems.first()
             raise schema_error(feature, problem, row)
         columns[feature.name] = converted
+    plan = _plans(signature).refusing
+    if plan is not None:
+        outside = plan.outside(columns)
+        if outside is not None:
+            j = int(np.flatnonzero(outside.any(axis=0))[0])
+            row = int(np.flatnonzero(outside[:, j])[0])
+            feature = plan.features[j]
+            raise schema_error(feature, _outside(feature, columns[feature.name][row]), row)
     return _frame(columns, rows), columns
+
+
+def out_of_range(signature: Signature, inputs: Any) -> OutOfRange | None:
+    """The rows of validated ``inputs`` (columns, or an :class:`InputBlock`, as validation
+    returns them) outside an observed range of a feature whose range policy is ``warn``; None
+    when there are none (or no such feature). What the record producer lists in ``warnings``:
+    the check is there, not in validation, so that it costs nothing when nothing is recorded."""
+    plan = _plans(signature).warning
+    if plan is None:
+        return None
+    if isinstance(inputs, InputBlock) and inputs.names == plan.signature_names:
+        block = inputs.array if plan.every else inputs.array[:, plan.positions]
+        outside = _outside_block(block, plan)
+    else:
+        outside = plan.outside(inputs)
+    if outside is None:
+        return None
+    hit = np.asarray(outside.any(axis=0))
+    if hit.all():
+        return OutOfRange(plan.names, outside)
+    return OutOfRange(
+        tuple(n for n, h in zip(plan.names, list(hit), strict=True) if h), outside[:, hit]
+    )
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    """The rows of a batch with values outside an observed range, for features whose range
+    policy is ``warn``: what the prediction records list in ``warnings``."""
+
+    features: tuple[str, ...]
+    rows: npt.NDArray[np.bool_]
+    """One row per row of the batch, one column per feature: whether that value is outside."""
+
+    PREFIX = "out_of_range:"
+    """A warning is ``out_of_range:<feature>``."""
+
+    def to_arrow(self) -> pa.Array:
+        """A ``list<string>`` per row (``out_of_range:<feature>``, features in signature order),
+        null for a row with none; built without a Python object per row."""
+        import pyarrow as pa
+
+        per_row = self.rows.sum(axis=1)
+        offsets = np.zeros(len(per_row) + 1, dtype=np.int32)
+        np.cumsum(per_row, out=offsets[1:])
+        labels = np.array([self.PREFIX + name for name in self.features], dtype=object)
+        values = pa.array(labels[np.nonzero(self.rows)[1]], type=pa.string())
+        return pa.ListArray.from_arrays(
+            pa.array(offsets), values, mask=pa.array(per_row == 0), type=pa.list_(pa.string())
+        )
 
 
 @dataclass
@@ -106,6 +174,9 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
                 refused.setdefault(int(kept[row]), describe(feature, problem))
             if converted is not None:
                 columns[feature.name] = converted
+    plan = _plans(signature).refusing
+    if plan is not None and len(kept):
+        kept, columns = _refuse_outside(plan, kept, columns, refused)
     if not len(kept):
         columns = {f.name: np.empty(0, dtype=object) for f in signature.inputs}
     bad_rows = np.array(sorted(refused), dtype=np.intp)
@@ -116,6 +187,40 @@ def check_columns(signature: Signature, data: Batch) -> Checked:
         bad_rows=bad_rows,
         reasons=[refused[int(r)] for r in bad_rows],
     )
+
+
+def _refuse_outside(
+    plan: _RangePlan,
+    kept: npt.NDArray[np.intp],
+    columns: dict[str, Array],
+    refused: dict[int, str],
+) -> tuple[npt.NDArray[np.intp], dict[str, Array]]:
+    """Rows outside an observed range whose policy is ``refuse`` join ``refused`` (their first
+    such feature the reason) and leave ``kept`` and ``columns``."""
+    outside = plan.outside(columns)
+    if outside is None:
+        return kept, columns
+    bad = outside.any(axis=1)
+    for row in np.flatnonzero(bad).tolist():
+        feature = plan.features[int(np.argmax(outside[row]))]
+        refused[int(kept[row])] = describe(feature, _outside(feature, columns[feature.name][row]))
+    return kept[~bad], {name: values[~bad] for name, values in columns.items()}
+
+
+def _outside(feature: Feature, value: Any) -> str:
+    lo, hi = _bound(feature.observed_minimum), _bound(feature.observed_maximum)
+    return (
+        f"value {_bound(value)} is outside the range seen in training [{lo}, {hi}] "
+        "(its range policy is 'refuse')"
+    )
+
+
+def _bound(value: Any) -> Any:
+    """``18``, not ``18.0``; ``None`` for an open end."""
+    if value is None:
+        return None
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def _all_problems(
@@ -163,6 +268,57 @@ def _frame(columns: dict[str, Array], rows: int) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
+class _RangePlan:
+    """The observed ranges of some of a signature's features (those of one policy), as
+    vectors over them."""
+
+    features: tuple[Feature, ...]
+    names: tuple[str, ...]
+    lo: npt.NDArray[np.float64]
+    hi: npt.NDArray[np.float64]
+    signature_names: tuple[str, ...]
+    positions: npt.NDArray[np.intp]
+    """Where the features are among the signature's."""
+    every: bool
+    """Whether they are all of the signature's features, in order."""
+
+    def outside(self, columns: Any) -> npt.NDArray[np.bool_] | None:
+        """Which values are outside, rows by features; None when none is (the common case).
+        One comparison of the columns as one block: a comparison per feature would cost a few
+        microseconds each on every request."""
+        arrays = [columns[name] for name in self.names]
+        block = arrays[0][:, None] if len(arrays) == 1 else np.column_stack(arrays)
+        return _outside_block(block, self)
+
+
+def _outside_block(block: Array, plan: _RangePlan) -> npt.NDArray[np.bool_] | None:
+    outside: npt.NDArray[np.bool_] = (block < plan.lo) | (block > plan.hi)
+    return outside if outside.any() else None
+
+
+def _range_plan(signature: Signature, policy: str) -> _RangePlan | None:
+    chosen = [(i, f) for i, f in enumerate(signature.inputs) if f.observed]
+    chosen = [(i, f) for i, f in chosen if f.range_policy == policy]
+    if not chosen:
+        return None
+    features = tuple(f for _, f in chosen)
+    positions = np.array([i for i, _ in chosen], dtype=np.intp)
+    return _RangePlan(
+        features=features,
+        names=tuple(f.name for f in features),
+        lo=np.array([_end(f.observed_minimum, -np.inf) for f in features]),
+        hi=np.array([_end(f.observed_maximum, np.inf) for f in features]),
+        signature_names=tuple(signature.names),
+        positions=positions,
+        every=len(features) == len(signature.inputs),
+    )
+
+
+def _end(value: float | None, open_end: float) -> float:
+    return open_end if value is None else value
+
+
+@dataclass(frozen=True)
 class _FloatPlan:
     """What checking a signature of float64 features takes, as vectors over the features."""
 
@@ -171,31 +327,55 @@ class _FloatPlan:
     """Features that may not be missing."""
     lo: npt.NDArray[np.float64]
     hi: npt.NDArray[np.float64]
+    """The declared ranges, narrowed to the observed ones whose policy is ``refuse``."""
     bounded: bool
 
 
-_PLANS: dict[int, tuple[weakref.ref[Signature], _FloatPlan | None]] = {}
+@dataclass(frozen=True)
+class _Plans:
+    block: _FloatPlan | None
+    refusing: _RangePlan | None
+    warning: _RangePlan | None
+
+
+_PLANS: dict[int, tuple[weakref.ref[Signature], _Plans]] = {}
 """Plans by the signature object's identity: hashing a signature of 30 features (pydantic hashes
 every field) cost 5 us, a third of what the plan saves."""
 
 
-def _float_plan(signature: Signature) -> _FloatPlan | None:
+def _plans(signature: Signature) -> _Plans:
     found = _PLANS.get(id(signature))
     if found is not None and found[0]() is signature:
         return found[1]
-    plan = _make_plan(signature)
+    plans = _Plans(
+        _make_plan(signature), _range_plan(signature, "refuse"), _range_plan(signature, "warn")
+    )
     if len(_PLANS) > 1024:  # versions come and go in a long-lived server
         _PLANS.clear()
-    _PLANS[id(signature)] = (weakref.ref(signature), plan)
-    return plan
+    _PLANS[id(signature)] = (weakref.ref(signature), plans)
+    return plans
 
 
 def _make_plan(signature: Signature) -> _FloatPlan | None:
     features = signature.inputs
     if len(features) < 2 or any(f.dtype != "float64" for f in features):
         return None
-    lo = np.array([-np.inf if f.minimum is None else f.minimum for f in features])
-    hi = np.array([np.inf if f.maximum is None else f.maximum for f in features])
+    lo = np.array([_end(f.minimum, -np.inf) for f in features])
+    hi = np.array([_end(f.maximum, np.inf) for f in features])
+    refuse = [f.observed and f.range_policy == "refuse" for f in features]
+    olo = np.array(
+        [
+            _end(f.observed_minimum, -np.inf) if r else -np.inf
+            for f, r in zip(features, refuse, strict=True)
+        ]
+    )
+    ohi = np.array(
+        [
+            _end(f.observed_maximum, np.inf) if r else np.inf
+            for f, r in zip(features, refuse, strict=True)
+        ]
+    )
+    lo, hi = np.maximum(lo, olo), np.minimum(hi, ohi)
     return _FloatPlan(
         names=tuple(f.name for f in features),
         required=np.array([not f.nullable for f in features]),
@@ -210,10 +390,10 @@ def _float_block(
 ) -> tuple[pd.DataFrame, dict[str, Array]] | None:
     """Features that are all float64 and numbers that are all fine, checked as one block in a
     few vector operations (30 features one by one cost about 0.1 ms a request). Anything
-    unusual (a missing value where none may be, an infinity, a value out of range, a value that
-    is not a number, an Arrow column) returns None: the feature-by-feature checks then find and
-    name the first problem exactly as always."""
-    plan = _float_plan(signature)
+    unusual (a missing value where none may be, an infinity, a value out of a declared range or
+    of a refusing observed one, a value that is not a number, an Arrow column) returns None: the
+    feature-by-feature checks then find and name the first problem exactly as always."""
+    plan = _plans(signature).block
     if plan is None:
         return None
     given = getattr(array, "block", None)
