@@ -70,7 +70,7 @@ def test_the_flavors_give_defaults_and_the_config_overrides_them(client: Berth) 
     from berth.flavors import get_flavor
 
     text = get_flavor("sentence_transformers").limits
-    assert text.max_rows == 256 and text.max_text_chars == 10_000 and text.long_text == "truncate"
+    assert (text.max_rows, text.max_text_chars, text.long_text) == (256, 10_000, "truncate")
 
 
 # -- characters per text -----------------------------------------------------------------------
@@ -115,7 +115,8 @@ def test_long_texts_are_refused_when_the_policy_says_so(client: Berth) -> None:
     )
     assert result.outputs["prediction"].tolist() == [2.0, 4.0]
     assert result.validated.bad_rows.tolist() == [0, 2]
-    assert result.validated.kept is not None and result.validated.kept.tolist() == [1, 3]
+    assert result.validated.kept is not None
+    assert result.validated.kept.tolist() == [1, 3]
     assert "row 0 has 11 characters" in result.validated.reasons[0]
     assert "row 2 has 12 characters" in result.validated.reasons[1]
 
@@ -211,16 +212,20 @@ def test_http_answers_413_422_504_and_says_what_was_cut(client: Berth) -> None:
         async with asgi_client(app) as http:
             big = {"records": [{"a": 1.0, "b": 2.0}] * 3}
             r = await http.post("/v1/predict/slow", content=orjson.dumps(big))
-            assert r.status_code == 413 and "at most 2 rows" in r.json()["error"]
+            assert r.status_code == 413
+            assert "at most 2 rows" in r.json()["error"]
             oip = {
-                "inputs": [{"name": "a", "shape": [3], "datatype": "FP64", "data": [1, 2, 3]}]
-                + [{"name": "b", "shape": [3], "datatype": "FP64", "data": [1, 2, 3]}]
+                "inputs": [
+                    {"name": name, "shape": [3], "datatype": "FP64", "data": [1, 2, 3]}
+                    for name in ("a", "b")
+                ]
             }
             r = await http.post("/v2/models/slow/infer", content=orjson.dumps(oip))
             assert r.status_code == 413, r.text
             one = {"records": [{"a": 1.0, "b": 2.0}]}
             r = await http.post("/v1/predict/slow", content=orjson.dumps(one))
-            assert r.status_code == 504 and "deadline of 0.1 s" in r.json()["error"]
+            assert r.status_code == 504
+            assert "deadline of 0.1 s" in r.json()["error"]
             r = await http.post(
                 "/v1/predict/words", content=orjson.dumps({"texts": ["hi", "far too long"]})
             )
