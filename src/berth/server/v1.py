@@ -72,10 +72,14 @@ async def predict_json(
     rows = to_rows(result.outputs, result.info.signature)
     for row, pid in zip(rows, result.prediction_ids, strict=True):
         row["prediction_id"] = pid
-    return orjson.dumps(
-        {"model": result.info.model, "version": result.info.version, "predictions": rows},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    answer: dict[str, Any] = {
+        "model": result.info.model,
+        "version": result.info.version,
+        "predictions": rows,
+    }
+    if result.parameters:
+        answer["parameters"] = result.parameters
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 async def models(request: Request) -> Response:
