@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from berth.registry.artifacts import ArtifactStore
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 """The newest migration; a test checks it against the migrations folder. Knowing it here lets an
 up-to-date database open without importing Alembic (a few hundred ms of every CLI call)."""
 # Any constant works: it only has to be the same in every process that migrates this database.

@@ -127,7 +127,10 @@ class AuditRow(Base):
     """Every change of state, written in the same transaction as the change itself."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_subject_at", "subject", "at"),)
+    __table_args__ = (
+        Index("ix_audit_subject_at", "subject", "at"),
+        Index("uq_audit_seq", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -135,6 +138,30 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(256))
     details: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Position in the hash chain (1, 2, ...); None on events written before the chain."""
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 over this event's content and ``prev_hash``: an edit, a deletion, an insertion
+    or a reordering breaks the chain from there on."""
+
+
+class ApiKeyRow(Base):
+    """An API key: only a keyed hash of its secret is kept; the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """The key's public id (its prefix, also in the key itself), to find the row to compare."""
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    digest: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class JobRow(Base):
