@@ -38,11 +38,33 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of the prediction records (Parquet); default $BERTH_HOME/records.",
     )
+    records_durable: bool = Field(
+        default=False,
+        description=(
+            "Answer a served request only once its prediction records are on disk, in a local "
+            "log under the records folder (one sync per group of requests), so that a crash "
+            "loses no answered prediction. Off: a crash loses the records of up to the last "
+            "2 s (the writer's flush interval)."
+        ),
+    )
     batch_root: Path | None = Field(
         default=None,
         description=(
             "Work folders of running batch jobs (their checkpoints); default $BERTH_HOME/batch."
         ),
+    )
+    auth: bool = Field(
+        default=False,
+        description=(
+            "Every request and command acts as a principal with a role (an API key from "
+            "`berth keys create`, or a verified token) and is refused without the right one. "
+            "Off (the embedded default): whoever runs the process or reaches the server is an "
+            "admin; `berth serve` then refuses a non-loopback address without --insecure."
+        ),
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="The key the CLI and the Python API act with when auth is on.",
     )
     user: str | None = Field(
         default=None,
@@ -115,6 +137,13 @@ class BatchingConfig(_Declared):
         gt=0.0,
         description="Tune the waiting window online to keep the p99 latency under this.",
     )
+    part_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description="A request over max_batch_size rows goes in parts of that many rows; for "
+        "text models also of at most this many characters, so that a part of long texts takes "
+        "about as long as a batch of sentences and a request behind it waits that, not more.",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -163,6 +192,7 @@ class ModelServing(_Declared):
     max_batch_size: int | None = Field(default=None, ge=1, description="See BatchingConfig.")
     max_latency_ms: float | None = Field(default=None, ge=0.0, description="See BatchingConfig.")
     target_p99_ms: float | None = Field(default=None, gt=0.0, description="See BatchingConfig.")
+    part_chars: int | None = Field(default=None, ge=1, description="See BatchingConfig.")
     record: bool = Field(
         default=True,
         description="Write prediction records for this model (off for models whose inputs "
