@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,9 +66,54 @@ class Settings(BaseSettings):
         default=None,
         description="The key the CLI and the Python API act with when auth is on.",
     )
+    key_pepper: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Secret mixed into every stored API key hash (HMAC-SHA256), kept out of the "
+            "database; default a random one in $BERTH_HOME/secrets/key-pepper, created on "
+            "first use. Servers sharing a PostgreSQL database must all be given the same one."
+        ),
+    )
+    auth_open_probes: bool = Field(
+        default=True,
+        description=(
+            "With auth on, /v2/health/* and /metrics still answer clients on the loopback "
+            "address without a key (probes, a local Prometheus); off: they need one."
+        ),
+    )
+    jwks_file: Path | None = Field(
+        default=None,
+        description=(
+            "JSON Web Key Set of an identity provider: bearer tokens that are JWTs signed by "
+            "one of its keys are accepted (needs pip install 'berth[auth]')."
+        ),
+    )
+    jwt_issuer: str | None = Field(default=None, description="Required 'iss' of a token.")
+    jwt_audience: str | None = Field(default=None, description="Required 'aud' of a token.")
+    jwt_role_claim: str = Field(
+        default="berth_role", description="Claim that holds a token's Berth role."
+    )
+    jwt_groups_claim: str = Field(
+        default="groups", description="Claim that lists a token's groups (see jwt_group_roles)."
+    )
+    jwt_group_roles: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Groups to roles, as JSON (BERTH_JWT_GROUP_ROLES=\'{"ml-admins": "admin"}\'): a '
+            "token without the role claim gets the strongest role of its groups."
+        ),
+    )
     user: str | None = Field(
         default=None,
         description="Actor recorded in the audit log; default the operating-system user.",
+    )
+    signing_public_key: Path | None = Field(
+        default=None,
+        description=(
+            "An ed25519 public key (PEM file): versions load only when signed with its private "
+            "key (`berth models sign`); an unsigned or wrongly signed one is refused like a "
+            "broken artifact (503 on the server). Unset: signatures are not checked."
+        ),
     )
     max_unaliased_versions: int = Field(
         default=4,
