@@ -251,13 +251,14 @@ def build_path(
     prometheus-client's multiprocess folder when this is one of several workers."""
     from berth.runtime.metrics import Metrics
     from berth.runtime.path import InferencePath
-    from berth.runtime.record_writers import QueuedRecordWriter
+    from berth.runtime.record_writers import QueuedRecordWriter, RecorderLimits
     from berth.runtime.records import RecordProducer
 
     options = options.with_memory(client.settings.memory_budget())  # per process, each worker
     metrics = Metrics(metrics_folder)
     root = client.settings.resolved_records_root()
-    queued = QueuedRecordWriter(root, on_drop=metrics.records_dropped.inc)
+    limits = RecorderLimits(durable=client.settings.records_durable)
+    queued = QueuedRecordWriter(root, limits, on_drop=metrics.records_dropped.inc)
     records = (
         RecordProducer(root, queued=queued, policy=client.record_policy) if options.record else None
     )

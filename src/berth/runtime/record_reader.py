@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from berth.errors import InvalidInputError
 from berth.registry.artifacts import fsync_folder, fsync_path
-from berth.runtime.record_writers import AUTO_PREFIX, LIBRARY_PREFIX, auto_name
+from berth.runtime.record_writers import (
+    AUTO_PREFIX,
+    LIBRARY_PREFIX,
+    auto_name,
+    dictionary_columns,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -206,7 +211,11 @@ def _merge_files(day: Path, group: list[Path]) -> None:
     meta = {**(schema.metadata or {}), _REPLACED: ",".join(f.name for f in group).encode()}
     stats = [c for c in ("time", "version") if c in schema.names]
     with pq.ParquetWriter(
-        tmp, schema.with_metadata(meta), compression="zstd", write_statistics=stats
+        tmp,
+        schema.with_metadata(meta),
+        compression="zstd",
+        write_statistics=stats,
+        use_dictionary=dictionary_columns(schema),
     ) as out:
         for f in group:
             out.write_table(pq.read_table(f, schema=schema))

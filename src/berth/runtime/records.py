@@ -36,6 +36,7 @@ key again replaces its records instead of adding to them).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -47,6 +48,8 @@ from berth.runtime.codecs import InputBlock
 from berth.runtime.validation import out_of_range
 
 if TYPE_CHECKING:
+    import asyncio
+
     import pyarrow as pa
 
     from berth.runtime.record_writers import KeyedRecordWriter, QueuedRecordWriter
@@ -79,10 +82,12 @@ def record_schema() -> pa.Schema:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RecordBatch:
     """The records of one request (or one chunk of a batch job), as the path saw them. Built by
-    :class:`RecordProducer` only."""
+    :class:`RecordProducer` only, one per request, and never changed after (a policy returns a
+    copy: :meth:`with_inputs`). Not a frozen dataclass: its ``__init__`` sets each field through
+    ``object.__setattr__``, 2 µs a request against 0.5 µs with slots."""
 
     model: str
     version: int
@@ -163,11 +168,14 @@ class RecordProducer:
         outputs: Outputs,
         latency_ms: float,
         key: str | None = None,
-    ) -> Future[None] | None:
+    ) -> Future[None] | asyncio.Future[None] | None:
         """Record one request's or chunk's predictions. Without ``key`` the batch is queued
-        (never blocking; dropped and counted when the queue is full) and None is returned. With
-        ``key`` it is written as the file ``key``, replacing an earlier one of the same key, in
-        the keyed writer's thread; the future completes once the file is in place."""
+        (never blocking; dropped and counted when the queue is full) and None is returned; in
+        durable mode it goes to the local log and the future returned (an asyncio one when
+        called on an event loop) is done once it is on disk: the request is answered after
+        that. With ``key`` it is written as the file ``key``, replacing an earlier one of the
+        same key, in the keyed writer's thread; the future completes once the file is in
+        place."""
         context = target.context
         batch: RecordBatch | None = RecordBatch(
             model=target.model,
@@ -188,9 +196,13 @@ class RecordProducer:
         batch = self.policy.apply(batch)
         if key is not None:
             return self.keyed.submit(batch, key, target.model)
-        if batch is not None:
-            self.queued.start()  # a sync caller may never have started it: the first record does
-            self.queued.record(batch)
+        if batch is None:
+            return None
+        queued = self.queued
+        queued.start()  # a sync caller may never have started it: the first record does
+        if queued.durable:
+            return queued.commit(batch)
+        queued.record(batch)
         return None
 
     def discard(self, model: str, key_prefix: str) -> int:
@@ -199,35 +211,54 @@ class RecordProducer:
         return self.keyed.remove(model, key_prefix)
 
 
+_FIXED = ("prediction_id", "time", "warnings")
+"""Columns built per row; every other declared column holds one value per batch."""
+
+
 def to_table(group: list[RecordBatch]) -> pa.Table:
-    """One Arrow table of the declared schema from batches of one model version's records."""
+    """One Arrow table of the declared schema from batches of one model version's records.
+
+    Built column by column in C wherever it can be: a writer flush joins thousands of one-row
+    requests, and every Python object made per request here is GIL time taken from the event
+    loop. A value shared by every batch (the model, the mode, an unset unit id) is one repeated
+    scalar; one that differs is one Arrow array of a value per batch, spread over the rows by
+    one ``take``."""
     import numpy as np
     import pyarrow as pa
 
     from berth.runtime.arrow import to_arrow
     from berth.runtime.outputs import to_record_columns
 
-    ids: Any = (
-        group[0].prediction_ids if len(group) == 1 else [i for b in group for i in b.prediction_ids]
-    )
+    schema = _declared()
     counts = [b.rows for b in group]
+    total = sum(counts)
+    spread: pa.Array | None = None  # batch index of each row, when batches hold several rows
+    if len(group) > 1 and total != len(group):
+        spread = pa.array(np.repeat(np.arange(len(group)), counts))
 
-    def repeat(values: list[Any], kind: pa.DataType) -> pa.Array:
-        if len(values) == 1:  # one batch (a batch job's chunk): no Python object per row
-            return pa.repeat(pa.scalar(values[0], type=kind), counts[0])
-        return pa.array(np.repeat(np.asarray(values, dtype=object), counts), type=kind)
+    def per_batch(values: list[Any], kind: pa.DataType) -> pa.Array:
+        first = values[0]
+        if values.count(first) == len(values):
+            if first is None:
+                return pa.nulls(total, type=kind)
+            return pa.repeat(_scalar(first, kind), total)
+        array = pa.array(values, type=kind)
+        return array if spread is None else array.take(spread)
 
-    schema = record_schema()
+    at = np.array([b.at for b in group]) * 1e6
+    micros = (at if total == len(group) else np.repeat(at, counts)).astype(np.int64)
     columns: dict[str, Any] = {
-        "prediction_id": ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string()),
-        "time": pa.array(
-            np.repeat(np.array([b.at for b in group]) * 1e6, counts).astype("int64"),
-            type=schema.field("time").type,
+        "prediction_id": _prediction_ids(group),
+        # From the buffer: pa.array's conversion to a zoned timestamp costs 4x as much.
+        "time": pa.Array.from_buffers(
+            schema.field("time").type, total, [None, pa.py_buffer(micros)]
         ),
     }
-    for name in schema.names[2:-1]:  # the last, warnings, is per row
-        columns[name] = repeat([getattr(b, name) for b in group], schema.field(name).type)
-    columns["warnings"] = _warnings(group, sum(counts))
+    for name in schema.names:
+        if name not in _FIXED:
+            values = [getattr(b, name) for b in group]
+            columns[name] = per_batch(values, schema.field(name).type)
+    columns["warnings"] = _warnings(group, total)
 
     # Plain numpy per column: concatenating hundreds of one-row DataFrames would hold the GIL
     # for a noticeable pause of every request in flight.
@@ -238,15 +269,36 @@ def to_table(group: list[RecordBatch]) -> pa.Table:
     if isinstance(first, InputBlock) and all(
         isinstance(b.inputs, InputBlock) and b.inputs.names == first.names for b in group
     ):
-        block = joined([b.inputs.array for b in group])  # type: ignore[attr-defined]
+        # One copy into feature-major order (each request's block transposed as it is joined:
+        # ten times faster than transposing the joined block), then each feature is a
+        # contiguous row that Arrow takes without copying again.
+        blocks = [b.inputs.array.T for b in group]  # type: ignore[attr-defined]
+        block = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0].copy()
+        # One Arrow array over the whole block, sliced per feature (a slice is a view): one
+        # conversion instead of one per feature, which a durable log's small commits noticed.
+        flat = pa.array(block.reshape(-1))
         for j, name in enumerate(first.names):
-            columns[f"in.{name}"] = pa.array(block[:, j])
+            columns[f"in.{name}"] = flat.slice(j * total, total)
     else:
         for name in first:
             columns[f"in.{name}"] = to_arrow(joined([b.inputs[name] for b in group]))
     outputs = {name: joined([b.outputs[name] for b in group]) for name in group[0].outputs}
     columns.update(to_record_columns(outputs))
     return pa.table(columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar(value: Any, kind: pa.DataType) -> pa.Scalar:
+    """A model's name, version or mode as a scalar, made once."""
+    import pyarrow as pa
+
+    return pa.scalar(value, type=kind)
+
+
+@functools.cache
+def _declared() -> pa.Schema:
+    """:func:`record_schema`, made once (an Arrow schema is immutable)."""
+    return record_schema()
 
 
 def _warnings(group: list[RecordBatch], total: int) -> pa.Array:
@@ -262,3 +314,21 @@ def _warnings(group: list[RecordBatch], total: int) -> pa.Array:
             for b in group
         ]
     )
+
+
+def _prediction_ids(group: list[RecordBatch]) -> pa.Array:
+    import itertools
+
+    import pyarrow as pa
+
+    ids = [b.prediction_ids for b in group]
+    if all(isinstance(i, list) for i in ids):
+        flat = ids[0] if len(ids) == 1 else list(itertools.chain.from_iterable(ids))
+        return pa.array(flat, type=pa.string())
+    arrays = [
+        (i if i.type == pa.string() else i.cast(pa.string()))
+        if isinstance(i, pa.Array)
+        else pa.array(i, type=pa.string())
+        for i in ids
+    ]
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
