@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -48,10 +49,31 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_PENDING_AUDIT = "berth.audit.pending"
+
+
 def write_audit(s: Session, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
     """Add the audit event of a change to the session that makes the change, so both commit or
-    neither does."""
-    s.add(AuditRow(at=utcnow(), actor=actor, action=action, subject=subject, details=details))
+    neither does. Its place in the hash chain (seq, prev_hash, hash) is given when the
+    transaction commits, under the chain's append lock (:func:`berth.registry.audit.chain`)."""
+    row = AuditRow(at=utcnow(), actor=actor, action=action, subject=subject, details=details)
+    s.add(row)
+    s.info.setdefault(_PENDING_AUDIT, []).append(row)
+
+
+@event.listens_for(Session, "before_commit")
+def _chain_audit(s: Session) -> None:
+    """Chain the events of the committing transaction. A savepoint's release is not the commit:
+    its events wait for the outer one. Events of a rolled-back transaction left the session."""
+    pending: list[AuditRow] = s.info.get(_PENDING_AUDIT) or []
+    if not pending or s.in_nested_transaction():
+        return
+    s.info[_PENDING_AUDIT] = []
+    rows = [r for r in pending if r in s and r.seq is None]
+    if rows:
+        from berth.registry.audit import chain  # it builds on this module's tables
+
+        chain(s, rows)
 
 
 class Base(DeclarativeBase):
