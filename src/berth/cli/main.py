@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import batch, demo, doctor, logs, models, predict, records, schedules, serve
+from . import audit, batch, demo, doctor, logs, models, predict, records, schedules, serve
 from .context import configure
 from .errors import BerthGroup
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(batch.app, name="batch")
 app.add_typer(records.app, name="records")
+app.add_typer(audit.app, name="audit")
 app.command("scheduler")(schedules.scheduler)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)

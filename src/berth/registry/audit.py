@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,7 +285,7 @@ def events(
     action: str | None = None,
     subject: str | None = None,
     limit: int | None = None,
-) -> Iterator[Event]:
+) -> Generator[Event]:
     """Events in chain order (unchained ones last), filtered. ``action`` ending in ``*`` is a
     prefix (``alias.*``); ``subject`` is a prefix (``credit-risk``)."""
     query = select(AuditRow).order_by(AuditRow.seq.is_(None), AuditRow.seq, AuditRow.id)
