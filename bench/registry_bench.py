@@ -58,10 +58,11 @@ def main() -> None:
         info = client.get_version(ref)
         folder = client.store.path(info.digest)
         if info.flavor == "sklearn":
+            sealed = json.loads((folder / "trusted_types.json").read_text())["files"]
             floor = (
                 "import skops.io;"
                 f"skops.io.load({str(folder / 'model.skops')!r}, "
-                f"trusted={info.flavor_options['trusted_types']!r})"
+                f"trusted={sealed.get('model.skops', [])!r})"
             )
         else:
             floor = (

@@ -52,7 +52,9 @@ class Berth:
         (served, batch, library): the seam where privacy policies plug in."""
         self.settings = settings or Settings()
         self.record_policy = record_policy
-        self.store = ArtifactStore(self.settings.resolved_artifact_root())
+        self.store = ArtifactStore(
+            self.settings.resolved_artifact_root(), self.settings.signing_public_key
+        )
         # With the store, a lost database is refused, not re-created empty beside its artifacts.
         self.db = Database(self.settings.resolved_database_url(), artifacts=self.store)
         self.registry = Registry(self.db, self.store)

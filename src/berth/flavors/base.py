@@ -18,9 +18,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from berth.config import BatchingConfig, RequestLimits, ThreadLimits
-from berth.errors import InvalidInputError, MissingExtraError
+from berth.errors import InvalidInputError, MissingExtraError, UntrustedArtifactError
 from berth.registry.profile import Embedder
 from berth.registry.signature import Dtype, Output, Signature
 from berth.types import Predictor
@@ -48,6 +49,16 @@ only saves tokenizing. 256 texts of that length take about 10 s on two cores her
 55 s with 1.2 GB of memory."""
 
 Modality = Literal["tabular", "text"]
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".cloudpickle", ".bin", ".pt", ".pth", ".ckpt")
+"""Files that Python's unpickler reads (PyTorch's ``.bin``/``.pt`` weights are pickles too):
+loading one runs whatever code it names, so only a trusted version may hold one."""
+
+TRUSTED_TYPES = "trusted_types.json"
+"""The file, inside an artifact, that lists the types each skops file of it may load
+(``{"format": 1, "files": {"model.skops": [...]}}``). It is written before the artifact is
+sealed, so the content hash covers it: a list changed on disk fails the SHA-256 check, and the
+loader never reads a list from the database."""
 
 IMPORT_LOCK = threading.RLock()
 """Held while a flavor imports its framework, so that imports from loader threads never interleave
@@ -106,6 +117,24 @@ class Flavor(abc.ABC):
     def requires_trust(self, options: dict[str, Any]) -> bool:
         """Whether loading runs code from the artifact (pickle), given what ``save`` returned."""
         return False
+
+    def check_trust(self, path: Path, options: dict[str, Any], *, trusted: bool) -> None:
+        """Refuse, before anything of the artifact at ``path`` is read, a version that is not
+        trusted but would run code of the artifact's when loaded: one that holds a pickle
+        (whatever the options in the database say), or whose format is one (``requires_trust``).
+        Raises ``UntrustedArtifactError``."""
+        if trusted:
+            return
+        found = pickled_files(path)
+        if found:
+            raise UntrustedArtifactError(
+                f"its artifact holds {found[0]}, a pickle, which runs code when loaded, but it "
+                "was not registered as trusted (an admin's trusted=True)"
+            )
+        if self.requires_trust(options):
+            raise UntrustedArtifactError(
+                "it loads with code execution but was not registered as trusted"
+            )
 
     def configure_thread(self, limits: ThreadLimits) -> None:
         """Set the thread pools of the thread that will run this flavor's predictions. OpenMP
@@ -172,6 +201,37 @@ class ExportedModel:
     outputs: tuple[str, ...]
     """The graph's output names, mapped onto the signature's outputs in order."""
     opset: int
+
+
+def pickled_files(folder: Path) -> list[str]:
+    """The pickles under ``folder`` (relative paths, sorted), found by name: nothing is read."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()
+    )
+
+
+def write_trusted_types(folder: Path, types: dict[str, list[str]]) -> None:
+    """Write :data:`TRUSTED_TYPES` into an artifact being saved: per skops file of it, the
+    types (beyond skops' own defaults) that loading it may build."""
+    body = {"format": 1, "files": {name: sorted(set(t)) for name, t in types.items()}}
+    (folder / TRUSTED_TYPES).write_bytes(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+
+
+def sealed_trusted_types(folder: Path, file: str) -> list[str] | None:
+    """The types the sealed artifact at ``folder`` trusts for its skops ``file``; ``None`` when
+    the artifact has no list (registered before the lists were sealed). A list that is there but
+    unreadable, or silent about ``file``, trusts nothing beyond skops' defaults."""
+    try:
+        raw = (folder / TRUSTED_TYPES).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        listed = orjson.loads(raw)["files"].get(file, [])
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return []
+    return [str(t) for t in listed] if isinstance(listed, list) else []
 
 
 def classifier_outputs(

@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pandas as pd
 
 from berth.errors import InvalidInputError, UntrustedArtifactError
 from berth.flavors import text_encoder
-from berth.flavors.base import Flavor, TextFlavor, classifier_outputs
+from berth.flavors.base import Flavor, TextFlavor, classifier_outputs, pickled_files
 from berth.flavors.linear_head import LinearHead
-from berth.flavors.sklearn import import_skops
+from berth.flavors.sklearn import import_skops, load_skops, save_skops, skops_types
 from berth.registry.profile import Embedder
 from berth.registry.signature import TEXT_INPUT, Output, Signature
 from berth.types import Outputs, Predictor
@@ -90,16 +92,8 @@ class SentenceTransformersFlavor(TextFlavor):
             linear.save(path)
             options["head_format"] = "linear"
         elif head is not None:
-            sio = import_skops(self)
-            data = sio.dumps(head)
-            untrusted = sio.get_untrusted_types(data=data)
-            if untrusted and not trusted:
-                raise UntrustedArtifactError(
-                    f"the classification head holds types skops does not trust by default: "
-                    f"{', '.join(untrusted)}; vet them, then register with trusted=True"
-                )
-            (path / _HEAD).write_bytes(data)
-            options["head_trusted_types"] = sorted(untrusted)
+            data = import_skops(self).dumps(head)
+            save_skops(self, path, _HEAD, data, trusted=trusted)
             options["head_format"] = "skops"
         return options
 
@@ -108,30 +102,41 @@ class SentenceTransformersFlavor(TextFlavor):
             raise InvalidInputError(
                 f"{source} is not a sentence-transformers folder (no {_MARKER})"
             )
+        if not trusted:  # before anything of the folder is read: nothing of it may run code
+            untrusted_parts(source)
         encoder_dir = source / _ENCODER if (source / _ENCODER).is_dir() else source
-        encoder = _load_encoder(self, encoder_dir)
+        try:
+            encoder = _load_encoder(self, encoder_dir, trusted=trusted)
+        except (OSError, ValueError, pickle.UnpicklingError, RuntimeError) as exc:
+            # torch's refusal of a pickle (weights_only) and transformers' of a broken folder
+            # are multi-line texts: their first line says enough.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidInputError(
+                f"{source}: sentence-transformers cannot load it: {first}"
+            ) from exc
         if (source / _HEAD).exists():
-            sio = import_skops(self)
-            untrusted = sio.get_untrusted_types(file=source / _HEAD)
-            if untrusted and not trusted:
-                raise UntrustedArtifactError(
-                    f"{_HEAD} holds types skops does not trust by default: "
-                    f"{', '.join(untrusted)}; vet them, then pass --trusted"
-                )
-            return SentenceClassifier(encoder, sio.load(source / _HEAD, trusted=untrusted))
+            data = (source / _HEAD).read_bytes()
+            needed = skops_types(self, data, trusted=trusted, what=_HEAD, hint="pass --trusted")
+            return SentenceClassifier(encoder, import_skops(self).loads(data, trusted=needed))
         return encoder
+
+    def check_trust(self, path: Path, options: dict[str, Any], *, trusted: bool) -> None:
+        """A pickled weight file, or a module class sentence-transformers would import from
+        outside itself, needs a trusted version: the same rule as :meth:`read`."""
+        if not trusted:
+            untrusted_parts(path, stored=True)
 
     def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
         if options.get("format") == "transformers":
             encoder: Any = _FastEncoder(text_encoder.TransformerEncoder(path / _ENCODER))
         else:
-            encoder = _load_encoder(self, path / _ENCODER)
+            # Safetensors only: Berth saved this artifact, and it writes no pickles.
+            encoder = _load_encoder(self, path / _ENCODER, trusted=False)
         head: Any = None
         if options.get("head_format") == "linear":
             head = LinearHead.load(path)
         elif (path / _HEAD).exists():
-            sio = import_skops(self)
-            head = sio.load(path / _HEAD, trusted=options.get("head_trusted_types", []))
+            head = load_skops(self, path, _HEAD, options.get("head_trusted_types"))
         return SentenceTransformerPredictor(
             encoder,
             head,
@@ -193,10 +198,61 @@ class _FastEncoder:
         return out
 
 
-def _load_encoder(flavor: Flavor, folder: Path) -> Any:
+def _load_encoder(flavor: Flavor, folder: Path, *, trusted: bool) -> Any:
+    """``trusted`` lets transformers fall back to pickled weights (``torch.load`` with
+    ``weights_only=True``) where a folder has no safetensors; otherwise only safetensors load."""
     st = flavor.import_module("sentence_transformers")
     quiet_transformers()
-    return st.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    return st.SentenceTransformer(
+        str(folder),
+        device="cpu",
+        local_files_only=True,
+        model_kwargs=None if trusted else {"use_safetensors": True},
+    )
+
+
+def untrusted_parts(folder: Path, *, stored: bool = False) -> None:
+    """Refuse (one line, naming it) what would run code of the folder's when it is loaded
+    without trust: a pickle (``pytorch_model.bin`` and the like: only safetensors load without
+    trust), or a module in ``modules.json`` that sentence-transformers would import from
+    outside its own package, or from outside the folder. Reads names only, never a weight.
+    ``stored``: the folder is a registered version's artifact, not a user's to register."""
+    hint = (
+        "it was not registered as trusted (an admin's trusted=True)"
+        if stored
+        else "pass --trusted (trusted=True, an admin's) only if you trust where it came from"
+    )
+    found = pickled_files(folder)
+    if found:
+        where = "its artifact" if stored else folder.name
+        raise UntrustedArtifactError(
+            f"{found[0]} in {where} is a pickle (PyTorch weights saved without safetensors), "
+            f"which runs code when loaded: only safetensors load without trust, and {hint}"
+        )
+    for modules in sorted(folder.rglob(_MODULES)):
+        name = modules.relative_to(folder).as_posix()
+        try:
+            listed = orjson.loads(modules.read_bytes())
+            types = [str(m["type"]) for m in listed]
+            paths = [str(m.get("path", "")) for m in listed]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidInputError(f"{name} is not a readable list of modules: {exc}") from exc
+        root = modules.parent.resolve()
+        escaping = [p for p in paths if not (root / p).resolve().is_relative_to(root)]
+        if escaping:
+            raise UntrustedArtifactError(
+                f"{name} loads modules from outside its folder: {escaping[0]}"
+            )
+        outside = [t for t in types if not t.startswith(_OWN_MODULES)]
+        if outside:
+            raise UntrustedArtifactError(
+                f"{name} names modules from outside sentence-transformers "
+                f"({', '.join(outside)}), whose code would run on load, and {hint}"
+            )
+
+
+_MODULES = "modules.json"
+_OWN_MODULES = "sentence_transformers."
 
 
 FLAVOR = SentenceTransformersFlavor()

@@ -10,21 +10,95 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from berth.errors import InvalidInputError, UntrustedArtifactError
-from berth.flavors.base import IMPORT_LOCK, Flavor, classifier_outputs, dtype_name
+from berth.errors import ArtifactIntegrityError, InvalidInputError, UntrustedArtifactError
+from berth.flavors.base import (
+    IMPORT_LOCK,
+    Flavor,
+    classifier_outputs,
+    dtype_name,
+    sealed_trusted_types,
+    write_trusted_types,
+)
 from berth.registry.signature import NUMERIC, Output, Signature
 from berth.types import Outputs, Predictor
 
-# Types skops does not trust by default that we have read and found to be plain data holders:
-# the fitted trees of HistGradientBoosting*, and the partial(check_array) its categorical
-# preprocessing keeps. skops still checks every other type and function in a file on its own.
 VETTED_TYPES = (
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "functools.partial",
     "sklearn.utils.validation.check_array",
 )
+"""Types skops does not trust by default that we have read and found to be plain data holders:
+the fitted trees of HistGradientBoosting*, and the partial(check_array) its categorical
+preprocessing keeps (skops checks the function a partial wraps on its own). A file may use
+these without an admin's trust; each version still trusts only those its own file needs, listed
+in its sealed :data:`~berth.flavors.base.TRUSTED_TYPES`. Versions registered before the lists
+were sealed kept theirs in the database: such a list is accepted only within these."""
 SERIALIZERS = ("skops", "pickle", "joblib")
 _FILES = {"skops": "model.skops", "pickle": "model.pkl", "joblib": "model.joblib"}
+
+
+def skops_types(
+    flavor: Flavor,
+    data: bytes,
+    *,
+    trusted: bool,
+    what: str,
+    hint: str = "register with trusted=True",
+) -> list[str]:
+    """The types beyond skops' defaults that the skops ``data`` needs, refused (named) when any
+    is outside :data:`VETTED_TYPES` and ``trusted`` is false: that trust is an admin's."""
+    needed = sorted(set(import_skops(flavor).get_untrusted_types(data=data)))
+    extra = [t for t in needed if t not in VETTED_TYPES]
+    if extra and not trusted:
+        raise UntrustedArtifactError(
+            f"{what} holds types that skops does not trust by default: {', '.join(extra)}; "
+            f"vet them, then {hint}"
+        )
+    return needed
+
+
+def save_skops(flavor: Flavor, folder: Path, file: str, data: bytes, *, trusted: bool) -> None:
+    """Write a skops file and, beside it in the artifact, the list of the types it may load."""
+    what = "the model" if file == _FILES["skops"] else file
+    needed = skops_types(flavor, data, trusted=trusted, what=what)
+    (folder / file).write_bytes(data)
+    write_trusted_types(folder, {file: needed})
+
+
+def load_skops(flavor: Flavor, folder: Path, file: str, legacy: object = None) -> Any:
+    """Load the skops ``file`` of a sealed artifact with the types its sealed list trusts,
+    refusing one that needs a type outside it (named, before anything is built).
+
+    ``legacy`` is the list a version registered before the lists were sealed kept in the
+    database: accepted only when every type in it is one of :data:`VETTED_TYPES` (a list
+    widened there could otherwise make a load build anything); else the version must be
+    registered again."""
+    trusted = sealed_trusted_types(folder, file)
+    if trusted is None:
+        trusted = _legacy_types(legacy)
+    sio = import_skops(flavor)
+    path = folder / file
+    outside = sorted(set(sio.get_untrusted_types(file=path)) - set(trusted))
+    if outside:
+        raise UntrustedArtifactError(
+            f"{file} needs types its trusted list does not name: {', '.join(outside)}"
+        )
+    try:
+        return sio.load(path, trusted=trusted)
+    except sio.exceptions.UntrustedTypesFoundException as exc:  # pragma: no cover - checked above
+        raise UntrustedArtifactError(f"{file}: {exc}") from exc
+
+
+def _legacy_types(listed: object) -> list[str]:
+    types = [str(t) for t in listed] if isinstance(listed, list) else []
+    unvetted = sorted(set(types) - set(VETTED_TYPES))
+    if unvetted:
+        raise UntrustedArtifactError(
+            "it was registered before Berth sealed trusted types in the artifact, and the list "
+            f"in the database names types outside the vetted ones ({', '.join(unvetted)}): "
+            "register it again (an admin's trusted=True, after vetting them)"
+        )
+    return types
 
 
 def import_skops(flavor: Flavor) -> Any:
@@ -71,16 +145,9 @@ class SklearnFlavor(Flavor):
             "input": "frame" if hasattr(model, "feature_names_in_") else "array",
         }
         if serializer == "skops":
-            sio = import_skops(self)
-            data = sio.dumps(model)
-            extra = sorted(set(sio.get_untrusted_types(data=data)) - set(VETTED_TYPES))
-            if extra and not trusted:
-                raise UntrustedArtifactError(
-                    f"the model holds types that skops does not trust by default: "
-                    f"{', '.join(extra)}; vet them, then register with trusted=True"
-                )
-            (path / _FILES["skops"]).write_bytes(data)
-            options["trusted_types"] = sorted({*VETTED_TYPES, *extra})
+            save_skops(
+                self, path, _FILES["skops"], import_skops(self).dumps(model), trusted=trusted
+            )
             return options
         if not trusted:
             raise UntrustedArtifactError(
@@ -100,14 +167,11 @@ class SklearnFlavor(Flavor):
     def read(self, source: Path, *, trusted: bool) -> object:
         suffix = source.suffix.lower()
         if suffix == ".skops":
-            sio = import_skops(self)
-            found = set(sio.get_untrusted_types(file=source)) - set(VETTED_TYPES)
-            if found and not trusted:
-                raise UntrustedArtifactError(
-                    f"{source.name} holds types that skops does not trust by default: "
-                    f"{', '.join(sorted(found))}; vet them, then pass --trusted"
-                )
-            return sio.load(source, trusted=sorted({*VETTED_TYPES, *found}))
+            data = source.read_bytes()
+            needed = skops_types(
+                self, data, trusted=trusted, what=source.name, hint="pass --trusted"
+            )
+            return import_skops(self).loads(data, trusted=needed)
         if suffix in (".pkl", ".pickle", ".joblib"):
             if not trusted:
                 raise UntrustedArtifactError(
@@ -120,10 +184,13 @@ class SklearnFlavor(Flavor):
         )
 
     def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
-        serializer = options.get("serializer", "skops")
+        # The artifact's own file says how it was saved, not the options in the database.
+        serializer = next((k for k, name in _FILES.items() if (path / name).is_file()), None)
+        if serializer is None:
+            raise ArtifactIntegrityError(f"its artifact holds none of {', '.join(_FILES.values())}")
         file = path / _FILES[serializer]
         if serializer == "skops":
-            model = import_skops(self).load(file, trusted=options["trusted_types"])
+            model = load_skops(self, path, file.name, options.get("trusted_types"))
         elif serializer == "joblib":
             model = self.import_module("joblib").load(file)
         else:

@@ -62,7 +62,10 @@ class TransformerEncoder:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(folder), local_files_only=True
         )
-        self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        # Safetensors only: a pickled weight file is never read here (Berth writes none).
+        self.model = transformers.AutoModel.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True
+        )
         self.model.eval()
 
     def encode(self, texts: list[str], batch_size: int = 64) -> npt.NDArray[np.float32]:

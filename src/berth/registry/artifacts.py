@@ -26,11 +26,14 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from berth.errors import ArtifactIntegrityError, NotFoundError
+
+if TYPE_CHECKING:
+    from berth.registry.signing import SignatureCheck
 
 MANIFEST = "MANIFEST.json"
 OWNER_SUFFIX = ".owner"
@@ -87,11 +90,35 @@ class StoredArtifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    """``public_key`` (an ed25519 PEM file) makes :attr:`signatures` check, before each load,
+    that a version is signed with its private key (see :mod:`berth.registry.signing`)."""
+
+    def __init__(self, root: Path, public_key: Path | None = None) -> None:
         self.root = root
         self._objects = root / "sha256"
         self._tmp = root / "tmp"
         self.versions = VersionRecords(root / "versions", self._tmp)
+        self.signatures: SignatureCheck | None = None
+        if public_key is not None:
+            from berth.registry.signing import SignatureCheck
+
+            self.signatures = SignatureCheck(public_key, self)
+
+    def manifest(self, digest: str) -> bytes:
+        """The manifest of a stored artifact (check it with :meth:`verify` first)."""
+        try:
+            return (self.path(digest) / MANIFEST).read_bytes()
+        except FileNotFoundError as exc:
+            raise ArtifactIntegrityError(f"artifact {digest[:12]}: manifest is missing") from exc
+
+    def signature_path(self, model: str, version: int) -> Path:
+        """Where a version's signature lives: beside the artifacts, not in the sealed folder."""
+        return self.root / "signatures" / model / f"{version}.json"
+
+    def write_file(self, target: Path, data: bytes) -> None:
+        """Write ``data`` to ``target`` under the store whole or not at all (``tmp/``, then a
+        rename)."""
+        _replace(self._tmp, target, data)
 
     def path(self, digest: str) -> Path:
         return self._objects / digest[:2] / digest[2:]
@@ -319,13 +346,17 @@ class VersionRecords:
         return records, aliases, unreadable
 
     def _replace(self, target: Path, body: Mapping[str, Any]) -> None:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = self._tmp / f"record-{uuid.uuid4().hex}.json"
-        temp.write_bytes(orjson.dumps(dict(body), option=orjson.OPT_SORT_KEYS))
-        fsync_path(temp)
-        os.replace(temp, target)
-        fsync_folder(target.parent)
+        _replace(self._tmp, target, orjson.dumps(dict(body), option=orjson.OPT_SORT_KEYS))
+
+
+def _replace(tmp: Path, target: Path, data: bytes) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = tmp / f"record-{uuid.uuid4().hex}.json"
+    temp.write_bytes(data)
+    fsync_path(temp)
+    os.replace(temp, target)
+    fsync_folder(target.parent)
 
 
 _REQUIRED = {"digest", "size_bytes", "flavor", "signature"}

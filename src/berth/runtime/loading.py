@@ -79,7 +79,14 @@ def load_resolved(
             f"{info.ref} loads with code execution but was not registered as trusted"
         )
     path = store.verify(info.digest, label=f"model version {info.ref}")
-    predictor = flavor.load(path, info.flavor_options, info.signature)
+    if store.signatures is not None:  # a public key is configured: only signed versions load
+        store.signatures.check(info.model, info.version, info.digest, trusted=info.trusted)
+    try:
+        # Before the flavor reads a byte: the artifact's own files decide what needs trust.
+        flavor.check_trust(path, info.flavor_options, trusted=info.trusted)
+        predictor = flavor.load(path, info.flavor_options, info.signature)
+    except UntrustedArtifactError as exc:
+        raise UntrustedArtifactError(f"{info.ref}: {exc}") from exc
     return LoadedModel(info, predictor, time.perf_counter() - started)
 
 

@@ -28,9 +28,10 @@ import orjson
 import pandas as pd
 
 from berth.config import ThreadLimits
-from berth.errors import InvalidInputError
+from berth.errors import ForbiddenError, InvalidInputError
 from berth.flavors import detect_flavor, get_flavor
-from berth.flavors.base import Flavor
+from berth.flavors.base import TRUSTED_TYPES, Flavor
+from berth.registry import access
 from berth.registry import lineage as lineage_mod
 from berth.registry.profile import fingerprint, observed_ranges, profile
 from berth.registry.references import check_model_name
@@ -85,6 +86,7 @@ def register_model(
     range_policy: RangePolicy | Mapping[str, RangePolicy] | None = None,
 ) -> VersionInfo:
     check_model_name(name)
+    trusted_by = require_trust(trusted)
     checked_metrics = _metrics(metrics)
     checked_params = _jsonable(params or {}, "params")
     chosen = get_flavor(flavor) if flavor else detect_flavor(model)
@@ -112,7 +114,12 @@ def register_model(
     _check_save_options(chosen, save_options or {})
     with registry.store.staging() as stage:
         options = chosen.save(model, stage, trusted=trusted, **dict(save_options or {}))
+        trusted_types = sealed_types(stage)
         artifact = registry.store.commit(stage)
+    if trusted_by is not None or trusted_types:
+        # Who decided, and what the artifact's sealed list lets a load build (shown by
+        # `models show --json`; the load itself reads only the sealed list).
+        lineage["trust"] = {"trusted": trusted, "by": trusted_by, "types": trusted_types}
     if measure_latency and frame is not None:
         latency = time_predictions(chosen, artifact.path, options, sig, frame, probe, label=name)
         if latency is not None:
@@ -133,6 +140,31 @@ def register_model(
         trusted=trusted,
     )
     return registry.create_version(new, actor=actor)
+
+
+def require_trust(trusted: bool) -> str | None:
+    """The name of the principal giving trust, when ``trusted``: an artifact that runs code
+    when loaded (pickle, joblib, cloudpickle, types skops does not vet) is trusted only by a
+    principal with the ``admin`` permission; anyone else gets 403 (401 without credentials).
+    Called before anything of the model is read or saved."""
+    if not trusted:
+        return None
+    principal = access.current()
+    if principal.anonymous or principal.can("admin"):
+        return principal.require("admin").name
+    raise ForbiddenError(
+        f"{principal.name!r} ({principal.role}) may not trust an artifact: trusted=True lets "
+        "its code run when it loads, an admin's decision"
+    )
+
+
+def sealed_types(folder: Path) -> dict[str, list[str]]:
+    """The sealed lists of trusted types of an artifact being saved (empty lists left out)."""
+    try:
+        files = orjson.loads((folder / TRUSTED_TYPES).read_bytes())["files"]
+    except FileNotFoundError:
+        return {}
+    return {str(k): list(v) for k, v in sorted(files.items()) if v}
 
 
 def time_predictions(
