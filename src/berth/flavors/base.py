@@ -184,7 +184,7 @@ class TextFlavor(Flavor):
     limits = TEXT_LIMITS
 
     def configure_thread(self, limits: ThreadLimits) -> None:
-        """torch's pool is process-wide: the cores divided by the server's workers."""
+        """torch's pool is process-wide: the cores per worker less one (see ThreadLimits)."""
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(limits.torch())
