@@ -6,19 +6,23 @@ Only entry points (the Python API in ``berth/__init__.py``, the CLI, the server)
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
 from berth.config import ModelServing, PathOptions, ServeOptions, Settings
-from berth.errors import InvalidInputError
+from berth.errors import InvalidInputError, UnauthorizedError
+from berth.registry import access
+from berth.registry.access import Principal
 from berth.registry.artifacts import ArtifactStore
 from berth.registry.db import Database
+from berth.registry.keys import Authenticator, KeyInfo, NewKey
 from berth.registry.references import parse_reference
 from berth.registry.service import AuditEvent, ModelSummary, Registry, VersionInfo
 from berth.registry.signature import RangePolicy, Signature
@@ -41,15 +45,26 @@ T = TypeVar("T", bound=BaseModel)
 class Berth:
     """A handle on one Berth home (metadata database plus artifact store).
 
+    Every method acts as :attr:`principal`: with auth off (the embedded default) the local
+    user, an admin named by the ``user`` setting; with auth on (``BERTH_AUTH``) the principal of
+    the ``api_key`` setting (an API key or a token, verified like the server does), and nothing
+    without one. The database is the boundary: whoever can open it can also turn auth off, so
+    a principal here says who acts (the audit log's actor) and guards against mistakes.
+
     >>> client = Berth(Settings(home=Path("/tmp/berth-doc")))
     >>> [m.name for m in client.list_models()]  # doctest: +SKIP
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, record_policy: RecordPolicy | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        record_policy: RecordPolicy | None = None,
+        principal: Principal | None = None,
     ) -> None:
         """``record_policy`` applies to every prediction record this client's paths write
-        (served, batch, library): the seam where privacy policies plug in."""
+        (served, batch, library): the seam where privacy policies plug in. ``principal``
+        overrides the one the settings give (an embedding application's own caller)."""
         self.settings = settings or Settings()
         self.record_policy = record_policy
         self.store = ArtifactStore(
@@ -58,9 +73,69 @@ class Berth:
         # With the store, a lost database is refused, not re-created empty beside its artifacts.
         self.db = Database(self.settings.resolved_database_url(), artifacts=self.store)
         self.registry = Registry(self.db, self.store)
-        self.actor = self.settings.user or _os_user()
+        self._principal = principal
+        self._auth: Authenticator | None = None
         self._path: InferencePath | None = None
         self._path_lock = threading.Lock()
+
+    # -- who acts --------------------------------------------------------------------------------
+
+    @property
+    def auth(self) -> Authenticator:
+        """Verifies keys and tokens against this home's ``api_keys`` table (and JWKS file)."""
+        if self._auth is None:
+            self._auth = Authenticator.from_settings(self.settings, self.db)
+        return self._auth
+
+    @property
+    def principal(self) -> Principal:
+        """Who this client acts as (resolved on first use). Raises ``UnauthorizedError`` when
+        auth is on and no key was given, or the key is not good."""
+        if self._principal is None:
+            settings = self.settings
+            if not settings.auth:
+                self._principal = Principal(settings.user or access.local_user(), "admin")
+            elif settings.api_key:
+                self._principal = self.auth.principal(settings.api_key)
+            else:
+                raise UnauthorizedError(
+                    "auth is on (BERTH_AUTH): act with a key, --api-key KEY or BERTH_API_KEY "
+                    "(an admin creates one with berth keys create)"
+                )
+        return self._principal
+
+    @property
+    def actor(self) -> str:
+        """The name the audit log records for this client's changes."""
+        return self.principal.name
+
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[Principal]:
+        """Run the block as this client's principal (what each method does)."""
+        with access.acting_as(self.principal) as principal:
+            yield principal
+
+    def create_key(
+        self,
+        name: str,
+        role: str,
+        *,
+        scopes: Sequence[str] = (),
+        expires_in: timedelta | None = None,
+    ) -> NewKey:
+        """A new API key (``NewKey.key`` is its only copy: give it to its holder now). Needs
+        the ``keys`` permission (admin)."""
+        with self.acting():
+            return self.auth.keys.create(name, role, scopes=scopes, expires_in=expires_in)
+
+    def list_keys(self) -> list[KeyInfo]:
+        with self.acting():
+            return self.auth.keys.list()
+
+    def revoke_key(self, name: str) -> KeyInfo:
+        """Revoke a key: refused at once here, by servers within their cache's few seconds."""
+        with self.acting():
+            return self.auth.keys.revoke(name)
 
     def close(self) -> None:
         if self._path is not None:
@@ -112,25 +187,29 @@ class Berth:
         """
         from berth.runtime.registration import register_model  # imports data libraries
 
-        return register_model(
-            self.registry,
-            model,
-            name,
-            actor=self.actor,
-            flavor=flavor,
-            signature=signature,
-            metrics=metrics,
-            params=params,
-            training_data=training_data,
-            tags=tags,
-            description=description,
-            trusted=trusted,
-            code_path=code_path,
-            save_options=save_options,
-            source=source,
-            measure_latency=measure_latency,
-            range_policy=range_policy,
-        )
+        with self.acting():
+            # Before the artifact is written: a refused registration leaves nothing behind
+            # (trust, an admin's decision, is checked by register_model before it reads a byte).
+            access.require("register", name)
+            return register_model(
+                self.registry,
+                model,
+                name,
+                actor=self.actor,
+                flavor=flavor,
+                signature=signature,
+                metrics=metrics,
+                params=params,
+                training_data=training_data,
+                tags=tags,
+                description=description,
+                trusted=trusted,
+                code_path=code_path,
+                save_options=save_options,
+                source=source,
+                measure_latency=measure_latency,
+                range_policy=range_policy,
+            )
 
     @property
     def path(self) -> InferencePath:
@@ -159,7 +238,8 @@ class Berth:
         against its SHA-256). ``record=True`` writes prediction records of its predictions."""
         from berth.runtime.handle import ModelHandle
 
-        target = self.path.resolve_sync(ref)
+        with self.acting():
+            target = self.path.resolve_sync(ref)
         handle = ModelHandle(self.path, target, record=record)
         handle.predictor  # noqa: B018 - load now: a broken artifact fails here, not later
         return handle
@@ -168,34 +248,43 @@ class Berth:
         """The version ``ref`` means now (the one rule of every entry point)."""
         from berth.runtime.routing import Resolver  # light: no data library
 
-        return Resolver(self.registry).lookup(parse_reference(ref))
+        with self.acting():
+            return Resolver(self.registry).lookup(parse_reference(ref))
 
     def list_models(self, search: str | None = None) -> list[ModelSummary]:
-        return self.registry.list_models(search)
+        with self.acting():
+            return self.registry.list_models(search)
 
     def list_versions(
         self, name: str, *, tags: Mapping[str, str] | None = None
     ) -> list[VersionInfo]:
-        return self.registry.list_versions(name, tags=tags)
+        with self.acting():
+            return self.registry.list_versions(name, tags=tags)
 
     def set_alias(self, name: str, alias: str, version: int) -> int | None:
-        return self.registry.set_alias(name, alias, version, actor=self.actor)
+        with self.acting():
+            return self.registry.set_alias(name, alias, version, actor=self.actor)
 
     def delete_alias(self, name: str, alias: str) -> int:
-        return self.registry.delete_alias(name, alias, actor=self.actor)
+        with self.acting():
+            return self.registry.delete_alias(name, alias, actor=self.actor)
 
     def delete_version(self, name: str, version: int) -> VersionInfo:
-        return self.registry.delete_version(name, version, actor=self.actor)
+        with self.acting():
+            return self.registry.delete_version(name, version, actor=self.actor)
 
     def collect_garbage(self, older_than_s: float = 3600.0) -> dict[str, int]:
-        return self.registry.collect_garbage(older_than_s=older_than_s, actor=self.actor)
+        with self.acting():
+            return self.registry.collect_garbage(older_than_s=older_than_s, actor=self.actor)
 
     def get_profile(self, ref: str) -> dict[str, Any] | None:
-        info = self.get_version(ref)
-        return self.registry.get_profile(info.model, info.version)
+        with self.acting():
+            info = self.get_version(ref)
+            return self.registry.get_profile(info.model, info.version)
 
     def alias_history(self, name: str) -> list[AuditEvent]:
-        return self.registry.alias_history(name)
+        with self.acting():
+            return self.registry.alias_history(name)
 
     # -- batch -----------------------------------------------------------------------------------
 
@@ -227,16 +316,14 @@ class Berth:
         """Run a batch job to the end (or resume one); see :func:`berth.batch.runner.run_job`."""
         from berth.batch.runner import run_job
 
-        return run_job(
-            self.batch_context(), spec, resume=resume, progress=progress, schedule_id=schedule_id
-        )
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        with self.acting():
+            return run_job(
+                self.batch_context(),
+                spec,
+                resume=resume,
+                progress=progress,
+                schedule_id=schedule_id,
+            )
 
 
 # -- serving -----------------------------------------------------------------------------------
@@ -281,8 +368,11 @@ def build_server(
 
     client = Berth(settings, record_policy=record_policy)
     path = build_path(client, options.path, metrics_folder=metrics_folder)
+    # The server acts as no one: each request as the principal its credential names.
+    auth = client.auth if settings.auth else None
+    probes = settings.auth_open_probes
     if metrics_folder is None:
-        return create_app(path, options, on_shutdown=client.close)
+        return create_app(path, options, on_shutdown=client.close, auth=auth, open_probes=probes)
     metrics = path.metrics
     assert metrics is not None
     sampler = GaugeSampler(lambda: metrics.sample(path.queue_depths(), path.records_queued))
@@ -292,7 +382,7 @@ def build_server(
         client.close()
 
     sampler.start()
-    return create_app(path, options, on_shutdown=shut_down)
+    return create_app(path, options, on_shutdown=shut_down, auth=auth, open_probes=probes)
 
 
 def server_factory() -> FastAPI:

@@ -27,7 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from berth.batch.owner import gone
 from berth.batch.specs import JobSpec
 from berth.errors import ConflictError, InvalidInputError, NotFoundError
+from berth.registry import access
 from berth.registry.db import Database
+from berth.registry.service import audit_actor
 from berth.registry.tables import JobRow, ScheduleRow, utcnow, write_audit
 
 RESUMABLE = ("running", "interrupted", "failed")
@@ -97,11 +99,12 @@ class JobStore:
         *,
         model: str,
         version: int,
-        actor: str,
+        actor: str | None = None,
         total_rows: int | None = None,
         schedule_id: int | None = None,
         source_stamp: str = "",
     ) -> JobInfo:
+        actor = audit_actor("deploy", actor=actor)
         row = JobRow(
             id=uuid.uuid4().hex[:12],
             fingerprint=spec.fingerprint(),
@@ -149,8 +152,9 @@ class JobStore:
             ).first()
             return _job(row) if row is not None and row.status in RESUMABLE else None
 
-    def claim(self, job_id: str, *, actor: str) -> JobInfo:
+    def claim(self, job_id: str, *, actor: str | None = None) -> JobInfo:
         """Mark a job as run again by this process (its lock file is already held)."""
+        actor = audit_actor("deploy", actor=actor)
         with self.db.write() as s:
             row = _job_row(s, job_id)
             if row.status == "succeeded":
@@ -201,12 +205,14 @@ class JobStore:
 
     def get(self, job_id: str) -> JobInfo:
         """A job by id, or by a prefix of its id that only it has."""
+        access.require("read")
         with self.db.read() as s:
             return _job(_job_row(s, job_id))
 
     def recent(
         self, *, limit: int = 50, status: str | None = None, schedule_id: int | None = None
     ) -> list[JobInfo]:
+        access.require("read")
         with self.db.read() as s:
             query = select(JobRow).order_by(JobRow.created_at.desc())
             if schedule_id is not None:
@@ -230,8 +236,9 @@ class JobStore:
         timezone: str,
         missed: str,
         next_run_at: datetime,
-        actor: str,
+        actor: str | None = None,
     ) -> ScheduleInfo:
+        actor = audit_actor("deploy", actor=actor)
         if missed not in MISSED_POLICIES:
             raise InvalidInputError(f"--missed {missed!r}: use {' or '.join(MISSED_POLICIES)}")
         row = ScheduleRow(
@@ -256,7 +263,8 @@ class JobStore:
         except IntegrityError:
             raise ConflictError(f"schedule {name!r} exists; delete it first") from None
 
-    def delete_schedule(self, name: str, *, actor: str) -> ScheduleInfo:
+    def delete_schedule(self, name: str, *, actor: str | None = None) -> ScheduleInfo:
+        actor = audit_actor("deploy", actor=actor)
         with self.db.write() as s:
             row = _schedule_row(s, name)
             info = _schedule(row)
@@ -264,7 +272,8 @@ class JobStore:
             write_audit(s, actor, "schedule.delete", f"schedule/{name}", {"cron": row.cron})
             return info
 
-    def set_enabled(self, name: str, enabled: bool, *, actor: str) -> ScheduleInfo:
+    def set_enabled(self, name: str, enabled: bool, *, actor: str | None = None) -> ScheduleInfo:
+        actor = audit_actor("deploy", actor=actor)
         with self.db.write() as s:
             row = _schedule_row(s, name)
             row.enabled = enabled
@@ -274,10 +283,12 @@ class JobStore:
             return _schedule(row)
 
     def get_schedule(self, name: str) -> ScheduleInfo:
+        access.require("read")
         with self.db.read() as s:
             return _schedule(_schedule_row(s, name))
 
     def schedules(self) -> list[ScheduleInfo]:
+        access.require("read")
         with self.db.read() as s:
             return [_schedule(r) for r in s.scalars(select(ScheduleRow).order_by(ScheduleRow.name))]
 

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from berth.batch.jobs import JobInfo, JobStore, ScheduleInfo
 from berth.batch.specs import JobSpec
 from berth.errors import InvalidInputError
+from berth.registry import access
 from berth.registry.tables import utcnow
 
 log = logging.getLogger("berth.scheduler")
@@ -89,7 +90,8 @@ def render(spec: JobSpec, scheduled_for: datetime, timezone: str) -> JobSpec:
 class Scheduler:
     """Starts due runs. ``tick`` is one look at the table; ``run_forever`` ticks until stopped.
 
-    Jobs run on up to ``max_running`` threads, so a long job does not hold up other schedules.
+    Jobs run on up to ``max_running`` threads, so a long job does not hold up other schedules,
+    each as the principal that started the scheduler (who needs the ``deploy`` permission).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Scheduler:
         max_running: int = 2,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.principal = access.require("deploy")
         self.jobs = jobs
         self.run = run
         self.interval_s = interval_s
@@ -140,7 +143,9 @@ class Scheduler:
             spec.output.describe(),
         )
         try:
-            job = self.run(spec, schedule.id)
+            # A thread starts with no principal: the run acts as whoever started the scheduler.
+            with access.acting_as(self.principal):
+                job = self.run(spec, schedule.id)
         except Exception as exc:  # the scheduler goes on; the schedule keeps the reason
             log.error("schedule %s: the run failed: %s", schedule.name, exc)
             failed = self.jobs.recent(limit=1, schedule_id=schedule.id)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import audit, batch, demo, doctor, logs, models, predict, records, schedules, serve
+from . import audit, batch, demo, doctor, keys, logs, models, predict, records, schedules, serve
 from .context import configure
 from .errors import BerthGroup
 
@@ -21,6 +21,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(batch.app, name="batch")
 app.add_typer(records.app, name="records")
 app.add_typer(audit.app, name="audit")
+app.add_typer(keys.app, name="keys")
 app.command("scheduler")(schedules.scheduler)
 app.command("predict")(predict.predict)
 app.command("demo")(demo.demo)
@@ -69,12 +70,20 @@ def root(
         typer.Option(help="Metadata database URL (PostgreSQL).", envvar="BERTH_DATABASE_URL"),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Act with this API key (when auth is on, BERTH_AUTH).",
+            envvar="BERTH_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Berth: take a trained model to production and keep it healthy there.
 
     Example: berth demo && berth models list
     """
-    configure(ctx, home, database_url, debug)
+    configure(ctx, home, database_url, debug, api_key)
 
 
 def main() -> None:

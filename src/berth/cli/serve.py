@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -13,9 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from berth.errors import UnavailableError
+from berth.errors import InvalidInputError, UnavailableError
 
 from .context import client
+from .errors import stderr
 from .output import console, log_to_stderr
 
 LOGGERS = ("berth", "uvicorn.error")
@@ -46,7 +48,7 @@ def serve(
     ] = 1,
     torch_threads: Annotated[
         int | None,
-        typer.Option(help="Threads for text models (default: cores / workers).", min=1),
+        typer.Option(help="Threads for text models (default: cores / workers - 1).", min=1),
     ] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="One JSON line per request.")
@@ -58,6 +60,13 @@ def serve(
     scheduler_interval: Annotated[
         float, typer.Option(help="Seconds between looks for due batch runs.", min=0.1)
     ] = 30.0,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve a non-loopback address with auth off: whoever reaches it is an admin.",
+        ),
+    ] = False,
 ) -> None:
     """Serve every model of the registry over the Open Inference Protocol v2 and /v1 JSON.
 
@@ -66,6 +75,9 @@ def serve(
 
     With --scheduler the server process also starts scheduled batch jobs when due (as
     berth scheduler does), on threads beside the server: they share its cores.
+
+    With auth on (BERTH_AUTH=1) every request needs an API key (berth keys create). A
+    non-loopback --host is refused with auth off, unless --insecure.
 
     Example: berth serve --port 8000 --workers 2
     """
@@ -89,9 +101,24 @@ def serve(
         },
         "berth serve",
     )
-    c = client(ctx)
+    c = client(ctx, acting=False)  # the server acts as each request's principal, not as one
     settings = c.settings
     log_to_stderr(LOGGERS)
+    # -- secure by default: no server without auth on an address others can reach ----------
+    if not settings.auth and not _loopback(host):
+        if not insecure:
+            raise InvalidInputError(
+                f"refusing to serve {host} with auth off: whoever reaches it could call every "
+                "route as an admin; turn auth on (BERTH_AUTH=1, with a key from `berth keys "
+                "create --name NAME --role admin`) or pass --insecure"
+            )
+        warning = (
+            f"WARNING: serving {host}:{port} WITH AUTH OFF (--insecure): anyone who reaches "
+            "this address can register, move aliases, delete versions and predict, as an admin"
+        )
+        stderr.print(warning, style="bold red")
+        logging.getLogger("berth.server").warning(warning)
+    # -- end of secure by default ----------------------------------------------------------
     console.print(
         f"serving {settings.home.resolve()} on http://{host}:{port} "
         f"(docs: http://{host}:{port}/docs)"
@@ -109,17 +136,29 @@ def _start_scheduler(c: Any, interval: float) -> threading.Event:
     one scheduler per server, however many workers it has."""
     from berth.batch.scheduler import Scheduler
 
-    runner = Scheduler(
-        c.jobs,
-        lambda spec, schedule_id: c.run_batch(spec, schedule_id=schedule_id),
-        interval_s=interval,
-    )
+    with c.acting():  # the scheduled runs act as the command's principal (needs deploy)
+        runner = Scheduler(
+            c.jobs,
+            lambda spec, schedule_id: c.run_batch(spec, schedule_id=schedule_id),
+            interval_s=interval,
+        )
     stop = threading.Event()
     threading.Thread(
         target=runner.run_forever, args=(stop,), name="berth-scheduler", daemon=True
     ).start()
     logging.getLogger("berth.scheduler").info("scheduler: running due batch jobs")
     return stop
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than localhost may
+    resolve to anything: it counts as reachable)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> None:

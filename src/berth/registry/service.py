@@ -2,6 +2,9 @@
 
 Each change of state is one function here that also writes its audit event in the same
 transaction, so the audit log can never miss a change that happened or record one that did not.
+Each also checks that the current principal (``access.current()``: a request's key or token,
+the CLI's or the Python API's) has the right (:func:`audit_actor`), and the reads a route serves
+require ``read``: so authorization holds for every entry point without a check per route.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from berth.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
+from berth.registry import access
 from berth.registry.artifacts import ArtifactStore
 from berth.registry.db import Database
 from berth.registry.references import (
@@ -49,6 +53,17 @@ _RETRIES = 5
 MAX_VERSION = 2**31 - 1
 
 log = logging.getLogger("berth.registry")
+
+
+def audit_actor(
+    permission: access.Permission, subject: str | None = None, *, actor: str | None = None
+) -> str:
+    """Check that the current principal may do ``permission`` (raises 401/403) and return the
+    name its audit event records: the principal's (a key's name, a token's subject). ``actor``
+    is kept only for the local principal (the ``user`` setting, a rebuild's operator): a caller
+    acting with a key cannot put another name in the log."""
+    who = access.require(permission, subject)
+    return actor if actor is not None and who.via == "local" else who.name
 
 
 @dataclass(frozen=True)
@@ -122,12 +137,13 @@ class Registry:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def create_version(self, new: NewVersion, *, actor: str) -> VersionInfo:
+    def create_version(self, new: NewVersion, *, actor: str | None = None) -> VersionInfo:
         """Insert the version row for an artifact already sealed in the store.
 
         The number comes from an atomic increment of the model's counter, so concurrent
         registrations of one model get distinct consecutive numbers on every backend.
         """
+        actor = audit_actor("admin" if new.trusted else "register", new.model, actor=actor)
         check_model_name(new.model)
         if not self.store.exists(new.digest):
             raise InvalidInputError(f"artifact {new.digest[:12]} is not in the store")
@@ -188,8 +204,11 @@ class Registry:
         )
         return info
 
-    def set_alias(self, name: str, alias: str, version: int, *, actor: str) -> int | None:
+    def set_alias(
+        self, name: str, alias: str, version: int, *, actor: str | None = None
+    ) -> int | None:
         """Point ``alias`` at ``version``; returns the version it pointed at before, if any."""
+        actor = audit_actor("alias", name, actor=actor)
         check_alias(alias)
         if alias == LATEST:
             raise InvalidInputError(f"alias {LATEST!r} is reserved: it always means the newest")
@@ -214,7 +233,8 @@ class Registry:
         self._record_aliases(name)
         return previous
 
-    def delete_alias(self, name: str, alias: str, *, actor: str) -> int:
+    def delete_alias(self, name: str, alias: str, *, actor: str | None = None) -> int:
+        actor = audit_actor("alias", name, actor=actor)
         with self.db.write() as s:
             model = _model(s, name)
             row = s.get(AliasRow, (model.id, alias))
@@ -226,8 +246,9 @@ class Registry:
         self._record_aliases(name)
         return previous
 
-    def delete_version(self, name: str, version: int, *, actor: str) -> VersionInfo:
+    def delete_version(self, name: str, version: int, *, actor: str | None = None) -> VersionInfo:
         """Delete a version; refused while an alias points at it. Its number is never reused."""
+        actor = audit_actor("delete", name, actor=actor)
         with self.db.write() as s:
             model = _model(s, name)
             row = _version_row(s, model, version)
@@ -254,13 +275,15 @@ class Registry:
         records: Sequence[Mapping[str, Any]],
         aliases: Mapping[str, Mapping[str, int]],
         *,
-        actor: str,
+        actor: str | None = None,
         details: Mapping[str, Any],
     ) -> dict[str, int]:
         """Fill an empty registry from version records (see ``VersionRecords``): the models,
         each version under its own number, and the aliases whose version is restored. Records
         marked deleted restore no version but keep their number from being handed out again.
-        One transaction with its audit event; refused unless the registry has no model."""
+        One transaction with its audit event; refused unless the registry has no model.
+        Needs the ``admin`` permission."""
+        actor = audit_actor("admin", actor=actor)
         by_model: dict[str, list[Mapping[str, Any]]] = {}
         for record in records:
             by_model.setdefault(str(record["model"]), []).append(record)
@@ -320,6 +343,7 @@ class Registry:
     def write_missing_records(self) -> int:
         """Write the version record of every version that has none (registered before Berth
         wrote them), and every model's aliases; returns how many version records were written."""
+        access.require("admin")
         written = 0
         for summary in self.list_models():
             for info in self.list_versions(summary.name):
@@ -350,10 +374,13 @@ class Registry:
             f"{name} aliases", lambda: self.store.versions.write_aliases(name, aliases)
         )
 
-    def collect_garbage(self, *, older_than_s: float = 3600.0, actor: str) -> dict[str, int]:
+    def collect_garbage(
+        self, *, older_than_s: float = 3600.0, actor: str | None = None
+    ) -> dict[str, int]:
         """Remove what crashed registrations left: staging folders, and sealed artifacts that no
         version references. Only entries older than ``older_than_s`` go, so a registration still
         between sealing its artifact and committing its row is never robbed."""
+        actor = audit_actor("delete", actor=actor)
         staged = self.store.sweep_tmp(older_than_s)
         referenced = self.referenced_digests()
         orphans = [
@@ -376,6 +403,7 @@ class Registry:
 
     def resolve(self, ref: str | Reference) -> VersionInfo:
         """The version a reference means, by the one rule of :func:`pick_version`."""
+        access.require("read")
         reference = parse_reference(ref)
         with self.db.read() as s:
             model = _model(s, reference.name)
@@ -393,6 +421,7 @@ class Registry:
         return self.resolve(Reference(name, version=version))
 
     def get_profile(self, name: str, version: int) -> dict[str, Any] | None:
+        access.require("read")
         with self.db.read() as s:
             row = _version_row(s, _model(s, name), version)
             return s.scalar(select(ProfileRow.profile).where(ProfileRow.version_id == row.id))
@@ -400,6 +429,7 @@ class Registry:
     def list_versions(
         self, name: str, *, tags: Mapping[str, Any] | None = None
     ) -> list[VersionInfo]:
+        access.require("read")
         with self.db.read() as s:
             model = _model(s, name)
             aliases = _aliases(s, model.id)
@@ -415,6 +445,7 @@ class Registry:
 
     def list_models(self, search: str | None = None) -> list[ModelSummary]:
         """All models with their version counts and aliases, in two queries whatever the size."""
+        access.require("read")
         with self.db.read() as s:
             query = (
                 select(ModelRow, func.count(VersionRow.id), func.max(VersionRow.version))
@@ -450,6 +481,7 @@ class Registry:
         ]
 
     def audit_log(self, subject_prefix: str = "", action: str | None = None) -> list[AuditEvent]:
+        access.require("read")
         with self.db.read() as s:
             query = select(AuditRow).order_by(AuditRow.id)
             if subject_prefix:

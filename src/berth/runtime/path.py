@@ -34,6 +34,7 @@ from berth.errors import (
     TooLargeError,
 )
 from berth.flavors import get_flavor
+from berth.registry import access
 from berth.registry.references import Reference, parse_reference
 from berth.runtime.codecs import InputBlock
 from berth.runtime.envelope import NO_CONTEXT, RequestContext
@@ -193,13 +194,22 @@ class InferencePath:
         """The version that answers this request, loaded (the server never queries the
         database for an alias it knows)."""
         reference, choice = await self.route(ref, context)
+        access.require("predict", reference.name)  # the one check of every mode's inference
         served = await self.pool.ensure(reference.name, choice.version)
         return Target(served.info, reference, context, choice.variant, choice.deployment)
+
+    def authorize(self, ref: str | Reference) -> Reference:
+        """``ref`` parsed, if the current principal may predict on it (else 401/403): for
+        adapters that check before reading a request's body; ``resolve`` checks again."""
+        reference = parse_reference(ref)
+        access.require("predict", reference.name)
+        return reference
 
     async def route(
         self, ref: str | Reference, context: RequestContext = NO_CONTEXT
     ) -> tuple[Reference, Choice]:
         """Which version would answer, without loading it (metadata and readiness queries)."""
+        access.require("read")
         reference = parse_reference(ref)
         number = self.resolver.cached(reference)
         if number is None:
@@ -218,6 +228,7 @@ class InferencePath:
     def resolve_sync(self, ref: str | Reference, context: RequestContext = NO_CONTEXT) -> Target:
         """The version that answers, asking the registry (no model is loaded yet)."""
         reference = parse_reference(ref)
+        access.require("predict", reference.name)
         info = self.resolver.lookup(reference)
         choice = self.resolver.choose(reference, info.version, context)
         if choice.version != info.version:

@@ -15,9 +15,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import berth
 from berth.config import ServeOptions
 from berth.errors import BerthError
+from berth.registry.keys import Authenticator
 from berth.runtime.path import InferencePath
 
 from . import oip, v1
+from .auth import Authenticate
 from .dispatch import InferenceRoutes
 from .errors import berth_error, error_response, unexpected_error
 from .middleware import AccessLog, BodyLimit, RequestBody
@@ -27,9 +29,14 @@ def create_app(
     path: InferencePath,
     options: ServeOptions | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    *,
+    auth: Authenticator | None = None,
+    open_probes: bool = True,
 ) -> FastAPI:
     """An app serving ``path``. The lifespan starts the path (the record writer, every aliased
-    version loaded) and, on shutdown, lets queued requests finish and flushes records."""
+    version loaded) and, on shutdown, lets queued requests finish and flushes records. With
+    ``auth`` every request acts as the principal of its bearer credential (see ``auth``);
+    without, as the local principal (an admin), like the CLI with auth off."""
     options = options or ServeOptions()
 
     closing: list[Callable[[], None]] = []
@@ -65,6 +72,8 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     front: ASGIApp = InferenceRoutes(app.fastapi, path, options.max_body_bytes)
     front = RequestBody(front, options.body_timeout_s)
+    if auth is not None:
+        front = Authenticate(front, auth, open_probes=open_probes)
     if options.access_log:
         access = AccessLog(front)
         closing.append(access.close)
@@ -75,7 +84,7 @@ def create_app(
 
 class BerthServer(FastAPI):
     """The FastAPI app behind the inference routes' dispatch (see ``dispatch``), the body's
-    timeout and the access log, which see every request first."""
+    timeout, authentication and the access log, which see every request first."""
 
     front: ASGIApp
 

@@ -56,15 +56,21 @@ class InferenceRoutes:
         await self.app(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route: tuple[str, str, str | None] = scope[_ROUTE]
+        kind, name, version = route
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            # Before the body is read: a refused client's bytes are never parsed.
+            self.path.authorize(name if kind == "v1" else Reference.of(name, version))
+        except BerthError as exc:
+            await _answer(send, status_of(exc), _error(str(exc)), _JSON, error_headers(exc))
+            return
         body = await _body(receive)  # outside the mapping: the body limit's signal passes
         if body is None:
             return  # the client went away
         # The first of a repeated header, as Starlette's ``Headers.get`` gives.
         headers = dict(reversed(scope["headers"]))
-        route: tuple[str, str, str | None] = scope[_ROUTE]
         unit = _text(headers.get(_UNIT))
-        kind, name, version = route
-        extra: list[tuple[bytes, bytes]] = []
         try:
             if kind == "v1":
                 content, status, content_type = (
@@ -91,14 +97,24 @@ class InferenceRoutes:
             log.error("unhandled error on POST %s", scope["path"], exc_info=exc)
             status, content_type = 500, _JSON
             content = _error("internal server error; the server log has the details")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [content_type, (b"content-length", b"%d" % len(content)), *extra],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await _answer(send, status, content, content_type, extra)
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    content: bytes,
+    content_type: tuple[bytes, bytes],
+    extra: list[tuple[bytes, bytes]],
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [content_type, (b"content-length", b"%d" % len(content)), *extra],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
 
 
 def match(route_path: str) -> tuple[str, str, str | None] | None:
