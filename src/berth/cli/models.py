@@ -205,6 +205,11 @@ def register(
     if not path.exists():
         raise InvalidInputError(f"model path {str(path)!r} does not exist")
     c = client(ctx)
+    if trusted:  # an admin's decision, taken before the file is read (reading may run it)
+        from berth.runtime.registration import require_trust
+
+        with c.acting():
+            require_trust(trusted)
     chosen = flavor or flavor_for_path(path)
     model = get_flavor(chosen).read(path, trusted=trusted)
     sig = None
@@ -279,6 +284,68 @@ def delete(
         raise typer.Exit(1)
     info = client(ctx).delete_version(reference.name, reference.version)
     console.print(f"deleted {info.ref}")
+
+
+# -- berth models sign (issue 11: signed versions) -------------------------------------------
+
+
+@app.command("sign")
+def sign(
+    ctx: typer.Context,
+    ref: Annotated[
+        str | None, typer.Argument(help="The version to sign (NAME/N, NAME@ALIAS, NAME).")
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="The ed25519 private key (PEM) to sign with.")
+    ] = None,
+    generate_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--generate-key",
+            help="Write a new private key here (and its public key beside it, NAME.pub.pem) "
+            "instead of signing.",
+        ),
+    ] = None,
+) -> None:
+    """Sign a version with an ed25519 key, so that servers and clients configured with the
+    public key (BERTH_SIGNING_PUBLIC_KEY) load it; unsigned or wrongly signed versions are
+    refused there. The signature covers the version's name, number, digest, trust and its
+    artifact's manifest. `openssl genpkey -algorithm ed25519 -out private.pem` makes a key too
+    (public half: `openssl pkey -in private.pem -pubout -out public.pem`).
+
+    Example: berth models sign --generate-key release.pem && berth models sign credit-risk/3
+    --key release.pem
+    """
+    from berth.registry import access, signing
+
+    if generate_key is not None:
+        if ref is not None or key is not None:
+            raise InvalidInputError("--generate-key makes a key only: sign with --key after")
+        private, public = signing.generate_key(generate_key)
+        fingerprint = signing.key_id(signing.load_public_key(public))
+        console.print(f"wrote private key {private} (keep it secret) and public key {public}")
+        console.print(f"key {fingerprint}: set BERTH_SIGNING_PUBLIC_KEY={public} on servers")
+        return
+    if ref is None or key is None:
+        raise InvalidInputError("give the version to sign and --key PRIVATE.pem")
+    c = client(ctx)
+    with c.acting():
+        principal = access.require("admin")  # a signature vouches for a version, as trust does
+    info = c.get_version(ref)
+    written = signing.sign_version(
+        c.store,
+        model=info.model,
+        version=info.version,
+        digest=info.digest,
+        trusted=info.trusted,
+        private_key=key,
+        signed_by=principal.name,
+    )
+    public_id = signing.key_id(signing.load_private_key(key).public_key())
+    console.print(f"signed {info.ref} (sha256 {info.digest[:12]}…) with key {public_id}: {written}")
+
+
+# -- end of berth models sign --------------------------------------------------------------
 
 
 def _range_policy(given: list[str]) -> Any:
