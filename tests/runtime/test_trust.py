@@ -322,3 +322,31 @@ def test_a_pickle_registered_by_an_admin_loads(client: Berth, data) -> None:
     np.testing.assert_allclose(
         client.load(info.ref).predict(frame)["probabilities"], model.predict_proba(frame)
     )
+
+
+def test_the_command_line_refuses_trust_from_a_deployer_before_reading_the_file(
+    home: Path, tmp_path: Path
+) -> None:
+    """Reading a pickle runs it, so `register --trusted` checks the role first."""
+    from typer.testing import CliRunner
+
+    from berth.cli.errors import EXIT_CODES
+    from berth.cli.main import app
+    from berth.config import Settings
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
+    with Berth(Settings(home=home)) as admin:
+        deployer = admin.create_key("ci", "deployer").key
+    env = {"BERTH_HOME": str(home), "BERTH_AUTH": "1", "BERTH_API_KEY": deployer, "COLUMNS": "200"}
+    args = ["models", "register", str(tmp_path / "evil.pkl"), "--name", "evil", "--trusted"]
+    result = CliRunner(env=env).invoke(app, args)
+    assert result.exit_code == EXIT_CODES["forbidden"], result.output
+    assert "'ci' (deployer) may not trust an artifact" in result.output
+    assert result.output.count("\n") == 1
+    assert not marker.exists()
