@@ -16,13 +16,18 @@ Two figures per request:
   16 connections follows: the writer's work holds the GIL the event loop needs.
 - ``loop``: CPU of the event-loop thread alone (``time.thread_time``).
 
-    .venv/bin/python bench/records_bench.py [--rows 1,64] [--batches 12] [--requests 800]
-        [--durable] [--json bench/results/issue9/records_bench.json]
+    .venv/bin/python bench/records_bench.py [--rows 1,64] [--batches 16] [--requests 1600]
+        [--model numeric|credit-risk] [--durable] [--json FILE]
 
 ``--durable`` adds a third server whose records are durable (``RecorderLimits(durable=True)``:
-each response waits for its record's group commit to the local log). Model: the peers
-benchmark's 30-feature HistGradientBoosting classifier (bench/peers/models.py), registered once
-in a temporary home.
+each response waits for its record's group commit to the local log). Models: ``numeric``, the
+peers benchmark's 30-feature HistGradientBoosting classifier (bench/peers/models.py), or the
+demo's ``credit-risk``, registered once in a temporary home.
+
+Besides the totals, the records' own CPU is counted where it is spent: ``produce`` (the
+producer on the event loop), ``flush`` (the writer's Parquet write), ``log`` (the durable log's
+commit thread); ``own/off`` is their sum over a request without records, the ratio the noise of
+a shared machine cannot blur.
 """
 
 from __future__ import annotations
@@ -106,8 +111,8 @@ def build(home: Path, name: str, *, record: bool, durable: bool = False) -> Serv
     return Served(name, app, path, queued.flush_now)
 
 
-def scope(body: bytes) -> dict[str, Any]:
-    route = "/v1/predict/numeric"
+def scope(body: bytes, model: str) -> dict[str, Any]:
+    route = f"/v1/predict/{model}"
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -128,7 +133,7 @@ def scope(body: bytes) -> dict[str, Any]:
     }
 
 
-async def call(app: Any, body: bytes) -> int:
+async def call(app: Any, body: bytes, model: str) -> int:
     status = 0
     sent = False
 
@@ -144,17 +149,17 @@ async def call(app: Any, body: bytes) -> int:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    await app(scope(body), receive, send)
+    await app(scope(body, model), receive, send)
     return status
 
 
-async def one_batch(served: Served, bodies: list[bytes], requests: int) -> None:
+async def one_batch(served: Served, bodies: list[bytes], requests: int, model: str) -> None:
     per_caller = requests // CONNECTIONS
     failures: list[int] = []
 
     async def caller(k: int) -> None:
         for i in range(per_caller):
-            status = await call(served.app, bodies[(k * per_caller + i) % len(bodies)])
+            status = await call(served.app, bodies[(k * per_caller + i) % len(bodies)], model)
             if status != 200:
                 failures.append(status)
 
@@ -184,24 +189,53 @@ async def one_batch(served: Served, bodies: list[bytes], requests: int) -> None:
 FIGURES = ("process_us", "loop_us", "produce_us", "flush_us", "log_us")
 
 
-async def scenario(servers: list[Served], rows: int, batches: int, requests: int) -> dict[str, Any]:
-    from peers import models
+def register(client: Any, model: str, home: Path) -> None:
+    if model == "numeric":
+        from peers import models
 
-    pool = models.request_rows()
-    bodies = [
-        json.dumps(models.records_body(pool[i * rows : (i + 1) * rows])).encode()
-        for i in range(len(pool) // rows)
-    ]
+        models.register_numeric(client, home)
+    elif model == "credit-risk":
+        from berth.demo.run import _credit_risk  # the demo's own registration (aliases too)
+
+        _credit_risk(client, lambda line: None)
+    else:
+        raise SystemExit(f"--model numeric or credit-risk, not {model!r}")
+
+
+def request_bodies(model: str, rows: int) -> list[bytes]:
+    """64 distinct bodies of ``rows`` rows (rows the model never saw)."""
+    if model == "numeric":
+        from peers import models
+
+        pool = models.request_rows()
+        chunks = [pool[i * rows : (i + 1) * rows] for i in range(len(pool) // rows)]
+        return [json.dumps(models.records_body(c)).encode() for c in chunks]
+    from berth.demo import credit
+
+    frame = credit.generate(rows=64 * rows, seed=7)[list(credit.FEATURES)]
+    records = frame.to_dict(orient="records")
+    return [json.dumps({"records": records[i * rows : (i + 1) * rows]}).encode() for i in range(64)]
+
+
+async def scenario(
+    servers: list[Served], model: str, rows: int, batches: int, requests: int
+) -> dict[str, Any]:
+    bodies = request_bodies(model, rows)
     for s in servers:
-        await one_batch(s, bodies, requests)  # warm-up: inline/thread decision, caches
+        await one_batch(s, bodies, requests, model)  # warm-up: inline/thread decision, caches
     for s in servers:
         for name in (*FIGURES, "per_commit"):
             getattr(s, name).clear()
     for b in range(batches):
         for s in servers if b % 2 == 0 else servers[::-1]:
-            await one_batch(s, bodies, requests)
+            await one_batch(s, bodies, requests, model)
     base = servers[0]
-    result: dict[str, Any] = {"rows": rows, "requests_per_batch": requests, "batches": batches}
+    result: dict[str, Any] = {
+        "model": model,
+        "rows": rows,
+        "requests_per_batch": requests,
+        "batches": batches,
+    }
     for s in servers:
         figures: dict[str, float] = {}
         for name in FIGURES:
@@ -227,12 +261,9 @@ async def scenario(servers: list[Served], rows: int, batches: int, requests: int
 
 
 async def run(args: argparse.Namespace, home: Path) -> list[dict[str, Any]]:
-    from peers import models
-
     import berth
 
-    client = berth.connect(home=home)
-    models.register_numeric(client, home)
+    register(berth.connect(home=home), args.model, home)
     servers = [build(home, "off", record=False), build(home, "on", record=True)]
     if args.durable:
         servers.append(build(home, "durable", record=True, durable=True))
@@ -245,7 +276,7 @@ async def run(args: argparse.Namespace, home: Path) -> list[dict[str, Any]]:
         results = []
         for rows in args.rows:
             requests = args.requests if rows == 1 else max(CONNECTIONS * 4, args.requests // 4)
-            results.append(await scenario(servers, rows, args.batches, requests))
+            results.append(await scenario(servers, args.model, rows, args.batches, requests))
             report(results[-1], [s.name for s in servers])
         return results
     finally:
@@ -255,7 +286,7 @@ async def run(args: argparse.Namespace, home: Path) -> list[dict[str, Any]]:
 
 def report(result: dict[str, Any], names: list[str]) -> None:
     print(
-        f"\n{result['rows']} row(s) per request, {CONNECTIONS} concurrent callers, "
+        f"\n{result['model']}, {result['rows']} row(s) per request, {CONNECTIONS} callers, "
         f"min of {result['batches']} batches of {result['requests_per_batch']} requests "
         "(µs of CPU per request)"
     )
@@ -276,9 +307,10 @@ def report(result: dict[str, Any], names: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="numeric", help="numeric (default) or credit-risk")
     parser.add_argument("--rows", default="1,64", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--batches", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=800, help="per batch, 1-row requests")
+    parser.add_argument("--requests", type=int, default=1600, help="per batch, 1-row requests")
     parser.add_argument("--durable", action="store_true", help="add a durable-records server")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()

@@ -266,3 +266,66 @@ def test_inputs_of_one_numeric_dtype_are_recorded_as_one_block(client: Berth) ->
     writer.flush_now()
     table = RecordReader(root).read("blocky")
     assert table.column("in.f2").to_pylist() == [v + i for i in range(3) for v in frame["f2"]]
+
+
+class CalmA:
+    """A policy that replaces every ``a`` by 0.5 (masking a value)."""
+
+    def apply(self, batch: RecordBatch) -> RecordBatch | None:
+        return batch.with_inputs({**batch.inputs, "a": np.full(batch.rows, 0.5)})
+
+
+def test_range_warnings_are_of_the_validated_inputs_even_under_a_masking_policy(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    _model(home)  # a and b observed in [0, 1): warn
+    settings = Settings(home=home, user="tester")
+    with Berth(settings, record_policy=CalmA()) as client:
+        client.load("s", record=True).predict(pd.DataFrame({"a": [5.0, 0.3], "b": [0.2, 0.4]}))
+    table = RecordReader(settings.resolved_records_root()).read("s")
+    assert table.column("in.a").to_pylist() == [0.5, 0.5]
+    assert table.column("warnings").to_pylist() == [["out_of_range:a"], None]
+
+
+def test_range_warnings_found_for_a_whole_flush_match_those_of_each_request(
+    client: Berth,
+) -> None:
+    """The writer checks the ranges of every request of a flush in one comparison: the same
+    warnings as one check per request."""
+    from berth.runtime.validation import out_of_range
+
+    client.register(SumModel(), "w", training_data=numbers(), trusted=True)
+    path = client.path
+    target = path.resolve_sync("w")
+    frames = [
+        pd.DataFrame({"a": [0.5, 2.0], "b": [0.5, 0.5]}),
+        pd.DataFrame({"a": [0.1], "b": [0.2]}),
+        pd.DataFrame({"a": [-1.0, 0.4, 0.3], "b": [9.0, 0.1, -3.0]}),
+    ]
+    root = client.settings.resolved_records_root()
+    writer = QueuedRecordWriter(root, RecorderLimits(compact_interval_s=None))
+    expected: list[list[str] | None] = []
+    for i, frame in enumerate(frames):
+        inputs = path.validate(target, frame).record_inputs
+        found = out_of_range(target.info.signature, inputs)
+        per_row = found.to_arrow().to_pylist() if found is not None else [None] * len(frame)
+        expected += per_row
+        writer.record(
+            RecordBatch(
+                model="w",
+                version=1,
+                mode="realtime",
+                prediction_ids=[f"r{i}-{j}" for j in range(len(frame))],
+                inputs=inputs,
+                outputs={"prediction": np.zeros(len(frame))},
+                latency_ms=1.0,
+                ranges=target.info.signature,
+            )
+        )
+    writer.flush_now()
+    assert len(list(root.rglob("*.parquet"))) == 1  # one file: one comparison for the three
+    table = RecordReader(root).read("w")
+    assert table.column("warnings").to_pylist() == expected
+    assert expected[0] is None
+    assert expected[1] == ["out_of_range:a"]
