@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import update
+from tests.models import SumModel, numbers
 
 from berth.app import Berth
 from berth.config import Settings
@@ -28,7 +29,6 @@ from berth.errors import (
 from berth.registry.access import ANONYMOUS, LOCAL, PERMISSIONS, ROLES, Principal, acting_as
 from berth.registry.keys import Keys, load_pepper, parse_duration
 from berth.registry.tables import ApiKeyRow, utcnow
-from tests.models import SumModel, numbers
 
 PEPPER = "a-test-pepper-of-some-length"
 
@@ -53,8 +53,9 @@ def keys(any_client: Berth) -> Keys:
 def test_a_key_is_shown_once_and_only_its_hmac_is_stored(client: Berth) -> None:
     new = client.create_key("ci", "deployer", expires_in=timedelta(days=90))
     prefix, key_id, secret = new.key.split("_", 2)
-    assert prefix == "berth" and key_id == new.info.id and len(secret) >= 43
-    assert new.info.role == "deployer" and new.info.created_by == "tester"
+    assert (prefix, key_id) == ("berth", new.info.id)
+    assert len(secret) >= 43
+    assert (new.info.role, new.info.created_by) == ("deployer", "tester")
     with client.db.read() as s:
         row = s.get(ApiKeyRow, key_id)
     assert row is not None
@@ -79,7 +80,8 @@ def test_the_pepper_file_is_private_and_reused(tmp_path: Path) -> None:
     path = home / "secrets" / "key-pepper"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert load_pepper(None, home) == first and len(first) >= 32
+    assert load_pepper(None, home) == first
+    assert len(first) >= 32
     assert load_pepper(PEPPER, home) == PEPPER.encode()
     with pytest.raises(InvalidInputError, match="at least 16"):
         load_pepper("short", home)
@@ -108,7 +110,7 @@ def test_revocation_is_immediate_here_and_within_the_cache_elsewhere(keys: Keys)
     elsewhere = Keys(keys.db, PEPPER.encode(), cache_ttl_s=0.2)  # another process
     assert elsewhere.verify(new.key).name == "app"
     info = keys.revoke("app")
-    assert info.revoked_by == LOCAL.name and info.status() == "revoked"
+    assert (info.revoked_by, info.status()) == (LOCAL.name, "revoked")
     with pytest.raises(UnauthorizedError, match="'app' was revoked"):
         keys.verify(new.key)
     assert elsewhere.verify(new.key).name == "app"  # cached: within its TTL
@@ -309,7 +311,7 @@ def test_the_python_api_matrix(shared: Callable[..., Berth]) -> None:
 def test_the_python_api_needs_a_good_key_when_auth_is_on(shared: Callable[..., Berth]) -> None:
     local = shared()
     new = local.create_key("app", "viewer")
-    with pytest.raises(UnauthorizedError, match="auth is on .*BERTH_API_KEY"):
+    with pytest.raises(UnauthorizedError, match=r"auth is on .*BERTH_API_KEY"):
         shared(auth=True).list_models()
     with pytest.raises(UnauthorizedError, match="invalid API key"):
         shared(new.key[:-2] + "xx").list_models()
