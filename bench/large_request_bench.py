@@ -105,10 +105,14 @@ def main() -> int:
         home = work / "home"
         subprocess.run([str(BIN / "berth"), "--home", str(home), "demo"], check=True)
     whole = work / "whole.json"
-    whole.write_text(json.dumps({"models": {"sentiment": {"max_batch_size": 256}}}))
+    whole.write_text(
+        json.dumps({"models": {"sentiment": {"max_batch_size": 256, "part_chars": 10**9}}})
+    )
     setups = {
         "split (default)": berth_server(home, work, "split"),
-        "whole (max_batch_size 256)": berth_server(home, work, "whole", "--config", str(whole)),
+        "whole (max_batch_size 256, no part_chars)": berth_server(
+            home, work, "whole", "--config", str(whole)
+        ),
     }
     results: dict[str, Any] = {"other_load_before": other_load(), "setups": {}}
     for name, server in setups.items():
