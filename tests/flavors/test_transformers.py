@@ -133,3 +133,32 @@ def test_a_missing_framework_names_the_extra(
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now fails
     with pytest.raises(MissingExtraError, match=r"berth\[text\]"):
         FLAVOR.read(tmp_path, trusted=False)
+
+
+def test_a_folder_asking_for_remote_code_never_runs_it(
+    tmp_path: Path, classifier: TextClassifier
+) -> None:
+    """No code of a folder's runs, trusted or not: a config naming a class in the folder's own
+    Python file (``auto_map``, what ``trust_remote_code`` would import) loads as the built-in
+    architecture its ``model_type`` names, and the file is never imported."""
+    import json
+
+    classifier.model.save_pretrained(tmp_path)
+    classifier.tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    for trusted in (False, True):
+        read = FLAVOR.read(tmp_path, trusted=trusted)
+        assert type(read.model).__name__ == "BertForSequenceClassification"
+    assert not marker.exists()
+
+
+def test_a_broken_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InvalidInputError, match="transformers cannot load it") as refused:
+        FLAVOR.read(tmp_path, trusted=False)
+    assert "\n" not in str(refused.value)

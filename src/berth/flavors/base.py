@@ -203,6 +203,15 @@ class ExportedModel:
     opset: int
 
 
+def unreadable(source: Path, framework: str, exc: Exception) -> InvalidInputError:
+    """A user's model folder its framework could not read, in one line: torch's and
+    transformers' refusals (a weights-only unpickler, a damaged safetensors header, a missing
+    file) are paragraphs whose first line says enough."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return InvalidInputError(f"{source}: {framework} cannot load it: {first}")
+
+
 def pickled_files(folder: Path) -> list[str]:
     """The pickles under ``folder`` (relative paths, sorted), found by name: nothing is read."""
     return sorted(

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ import numpy.typing as npt
 import orjson
 import pandas as pd
 
-from berth.errors import InvalidInputError, UntrustedArtifactError
+from berth.errors import BerthError, InvalidInputError, UntrustedArtifactError
 from berth.flavors import text_encoder
-from berth.flavors.base import Flavor, TextFlavor, classifier_outputs, pickled_files
+from berth.flavors.base import Flavor, TextFlavor, classifier_outputs, pickled_files, unreadable
 from berth.flavors.linear_head import LinearHead
 from berth.flavors.sklearn import import_skops, load_skops, save_skops, skops_types
 from berth.registry.profile import Embedder
@@ -107,13 +106,10 @@ class SentenceTransformersFlavor(TextFlavor):
         encoder_dir = source / _ENCODER if (source / _ENCODER).is_dir() else source
         try:
             encoder = _load_encoder(self, encoder_dir, trusted=trusted)
-        except (OSError, ValueError, pickle.UnpicklingError, RuntimeError) as exc:
-            # torch's refusal of a pickle (weights_only) and transformers' of a broken folder
-            # are multi-line texts: their first line says enough.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InvalidInputError(
-                f"{source}: sentence-transformers cannot load it: {first}"
-            ) from exc
+        except BerthError:
+            raise
+        except Exception as exc:  # a user's folder: whatever sentence-transformers or torch raise
+            raise unreadable(source, "sentence-transformers", exc) from exc
         if (source / _HEAD).exists():
             data = (source / _HEAD).read_bytes()
             needed = skops_types(self, data, trusted=trusted, what=_HEAD, hint="pass --trusted")

@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from berth.errors import InvalidInputError, UntrustedArtifactError
-from berth.flavors.base import Flavor, TextFlavor, classifier_outputs
+from berth.errors import BerthError, InvalidInputError, UntrustedArtifactError
+from berth.flavors.base import Flavor, TextFlavor, classifier_outputs, unreadable
 from berth.registry.profile import Embedder
 from berth.registry.signature import TEXT_INPUT, Output, Signature
 from berth.types import Outputs, Predictor
@@ -122,7 +122,12 @@ class TransformersFlavor(TextFlavor):
                 f"{source} holds PyTorch pickles, not safetensors: pass --trusted only if you "
                 "trust where they came from"
             )
-        return _load(self, source, safetensors=safe)
+        try:
+            return _load(self, source, safetensors=safe)
+        except BerthError:
+            raise
+        except Exception as exc:  # a user's folder: whatever transformers or torch raise
+            raise unreadable(source, "transformers", exc) from exc
 
     def load(self, path: Path, options: dict[str, Any], signature: Signature) -> Predictor:
         classifier = _load(self, path, safetensors=True)
