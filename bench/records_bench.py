@@ -83,7 +83,7 @@ class Served:
 
     def log_cpu_s(self) -> float:
         """CPU of the durable log's commit thread so far."""
-        log = self.path.records.queued.log if self.path.records is not None else None
+        log = getattr(self.path.records.queued, "log", None) if self.path.records else None
         thread = getattr(log, "_thread", None)
         if thread is None or thread.ident is None:
             return 0.0
@@ -163,7 +163,7 @@ async def one_batch(served: Served, bodies: list[bytes], requests: int, model: s
             if status != 200:
                 failures.append(status)
 
-    log = served.path.records.queued.log if served.path.records is not None else None
+    log = getattr(served.path.records.queued, "log", None) if served.path.records else None
     commits = log.commits if log is not None else 0
     served._produce_s = 0.0
     log_cpu = served.log_cpu_s()
