@@ -283,7 +283,7 @@ def _sql_engine(location: Location) -> Any:
     except ModuleNotFoundError as exc:
         raise MissingExtraError(exc.name or "driver", "postgres", "this database") from exc
     except Exception as exc:  # ArgumentError, NoSuchModuleError: a URL we cannot use
-        raise InvalidInputError(f"output database URL: {exc}") from exc
+        raise InvalidInputError(location.scrub(f"output database URL: {exc}")) from exc
 
 
 def _sql_table_exists(location: Location) -> bool:
@@ -294,7 +294,8 @@ def _sql_table_exists(location: Location) -> bool:
     try:
         return bool(inspect(engine).has_table(location.table or ""))
     except SQLAlchemyError as exc:
-        raise UnavailableError(f"output database: {str(exc).splitlines()[0]}") from exc
+        message = f"output database: {str(exc).splitlines()[0]}"
+        raise UnavailableError(location.scrub(message)) from exc
     finally:
         engine.dispose()
 
@@ -355,7 +356,8 @@ def _to_sql(location: Location, paths: list[Path], schema: pa.Schema, overwrite:
                 for batch in flat_part.to_batches(max_chunksize=10_000):
                     conn.execute(table.insert(), batch.to_pylist())
     except SQLAlchemyError as exc:
-        raise UnavailableError(f"writing output table: {str(exc).splitlines()[0]}") from exc
+        message = f"writing output table: {str(exc).splitlines()[0]}"
+        raise UnavailableError(location.scrub(message)) from exc
     finally:
         engine.dispose()
 

@@ -653,7 +653,7 @@ class SqlReader(Reader):
         except ModuleNotFoundError as exc:
             raise MissingExtraError(exc.name or "driver", "postgres", "this database") from exc
         except Exception as exc:  # ArgumentError, NoSuchModuleError: a URL we cannot use
-            raise InvalidInputError(f"input database URL: {exc}") from exc
+            raise InvalidInputError(location.scrub(f"input database URL: {exc}")) from exc
         self.text = text
         try:
             with self.engine.connect() as conn:
@@ -661,7 +661,8 @@ class SqlReader(Reader):
                 self.columns = list(conn.execute(text(probe)).keys())
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise InvalidInputError(f"input query failed: {_first_line(exc)}") from exc
+            message = f"input query failed: {_first_line(exc)}"
+            raise InvalidInputError(location.scrub(message)) from exc
 
     def chunks(self, chunk_rows: int, skip_chunks: int = 0) -> Iterator[Chunk]:
         """The query's rows. A query can fail half-way (a division by zero in row 10,000, a
@@ -677,6 +678,7 @@ class SqlReader(Reader):
                 result = conn.execution_options(
                     stream_results=True, max_row_buffer=chunk_rows
                 ).execute(self.text(self.location.query))
+                self._open = (conn, result)  # closed by close() when the job stops half-way
                 keys = list(result.keys())
                 positions = [keys.index(name) for name in self.wanted]
                 index = skip_chunks
@@ -695,11 +697,14 @@ class SqlReader(Reader):
                     yield Chunk(index, index * chunk_rows, data)
                     index += 1
         except SQLAlchemyError as exc:
-            raise InvalidInputError(
-                f"input query failed after row {read:,}: {_first_line(exc)}"
-            ) from exc
+            message = f"input query failed after row {read:,}: {_first_line(exc)}"
+            raise InvalidInputError(self.location.scrub(message)) from exc
 
     def close(self) -> None:
+        opened: tuple[Any, Any] | None = getattr(self, "_open", None)
+        if opened is not None:  # a job stopped half-way: its cursor and connection, now
+            opened[1].close()
+            opened[0].close()
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.dispose()

@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from berth.errors import InvalidInputError
+from berth.registry.redaction import hide_password, passwords, scrub, strip_password
 from berth.runtime.files import format_of
 
 FILE_FORMATS = ("parquet", "csv", "jsonl")
@@ -47,6 +48,26 @@ class Location(_Spec):
         """The database URL with ``${VARIABLES}`` filled in from the environment, when it is
         opened: a password given as ``${PGPASSWORD}`` is never stored with the job."""
         return os.path.expandvars(self.target)
+
+    def stored(self) -> Location:
+        """As a job or schedule stores it: a password written into a database URL removed."""
+        if not self.is_database:
+            return self
+        return self.model_copy(update={"target": strip_password(self.target)})
+
+    def scrub(self, message: str) -> str:
+        """A driver's message about this location, its passwords (written or filled in from
+        the environment) masked; when it is about a password, where one comes from."""
+        if not self.is_database:
+            return message
+        message = scrub(message, (self.target, self.url))
+        if "password" in message.lower() and not passwords(self.url):
+            message += (
+                " (a password written into a database URL is never stored with a job: give it "
+                "as ${VAR}, in PGPASSWORD or ~/.pgpass, or run the same berth batch run "
+                "command, password included, again)"
+            )
+        return message
 
     def describe(self) -> str:
         if self.query is not None:
@@ -185,7 +206,15 @@ class JobSpec(_Spec):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        """The spec as the jobs and schedules tables store it: passwords written into database
+        URLs removed (``${VAR}`` references kept), so neither a stored spec nor its
+        fingerprint holds a secret."""
+        return self.stored().model_dump()
+
+    def stored(self) -> JobSpec:
+        return self.model_copy(
+            update={"input": self.input.stored(), "output": self.output.stored()}
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
@@ -242,10 +271,4 @@ def _file_format(path: Path, what: str) -> str:
 
 
 def _hide_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:  # not a URL SQLAlchemy reads: nothing it would call a password
-        return url
+    return hide_password(url) if _is_url(url) else url

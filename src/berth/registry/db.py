@@ -19,6 +19,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from berth.errors import InvalidInputError, MissingExtraError, UnavailableError
+from berth.registry.redaction import hide_password, scrub
 
 if TYPE_CHECKING:
     from berth.registry.artifacts import ArtifactStore
@@ -103,7 +104,7 @@ class Database:
                     f"metadata database {self.label} is damaged ({exc.orig}): {REBUILD_HINT}"
                 ) from exc
             raise UnavailableError(
-                f"metadata database {self.label} is unavailable: {exc.orig}"
+                scrub(f"metadata database {self.label} is unavailable: {exc.orig}", [self.url])
             ) from exc
         except IntegrityError:
             raise  # a constraint doing its job: the caller decides what it means
@@ -246,11 +247,14 @@ def _create_engine(url: str) -> Engine:
             return _sqlite_engine(url)
         return create_engine(url, pool_pre_ping=True)
     except NoSuchModuleError as exc:
-        raise InvalidInputError(f"unsupported database URL {url!r}: {exc}") from exc
+        message = f"unsupported database URL {hide_password(url)!r}: {exc}"
+        raise InvalidInputError(scrub(message, [url])) from exc
     except ArgumentError as exc:
-        raise InvalidInputError(f"invalid database URL {url!r}: {exc}") from exc
+        message = f"invalid database URL {hide_password(url)!r}: {exc}"
+        raise InvalidInputError(scrub(message, [url])) from exc
     except ModuleNotFoundError as exc:
-        raise MissingExtraError(exc.name or "psycopg", "postgres", f"database URL {url!r}") from exc
+        shown = f"database URL {hide_password(url)!r}"
+        raise MissingExtraError(exc.name or "psycopg", "postgres", shown) from exc
 
 
 def _sqlite_engine(url: str) -> Engine:

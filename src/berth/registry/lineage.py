@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from berth.registry.redaction import strip_credentials
+
 # Always recorded when installed; flavors add the framework they save with.
 _CORE_PACKAGES = ("berth", "numpy", "pandas", "scikit-learn", "pyarrow")
 
@@ -33,7 +35,7 @@ def git_state(where: Path) -> dict[str, Any] | None:
         return None
     state: dict[str, Any] = {"commit": commit, "dirty": dirty}
     if remote:
-        state["remote"] = remote
+        state["remote"] = strip_credentials(remote)  # https://user:TOKEN@host/...: never stored
     return state
 
 
