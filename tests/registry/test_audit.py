@@ -19,8 +19,9 @@ from tests.models import SumModel, numbers
 import berth.registry.db as db_module
 from berth.app import Berth
 from berth.config import Settings
-from berth.errors import NotFoundError
+from berth.errors import NotFoundError, UnauthorizedError
 from berth.registry import audit
+from berth.registry.access import ANONYMOUS, Principal, acting_as
 from berth.registry.db import Database
 from berth.registry.tables import write_audit
 
@@ -402,3 +403,15 @@ def test_an_export_of_a_broken_chain_holds_every_event(any_client: Berth, tmp_pa
     assert problem is not None
     assert problem.event is not None
     assert problem.event.seq == 2
+
+
+def test_reading_the_log_needs_the_read_right(client: Berth, tmp_path: Path) -> None:
+    _history(client)
+    with client.db.read() as s:
+        with acting_as(ANONYMOUS), pytest.raises(UnauthorizedError):
+            audit.verify_database(s)
+        with acting_as(ANONYMOUS), pytest.raises(UnauthorizedError):
+            audit.export(s, tmp_path / "audit.jsonl")
+        assert not (tmp_path / "audit.jsonl").exists()
+        with acting_as(Principal("auditor", "viewer", via="key")):
+            assert audit.verify_database(s).events == 5

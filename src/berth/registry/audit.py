@@ -40,6 +40,7 @@ from sqlalchemy import Connection, Table, select, text
 from sqlalchemy.orm import Session
 
 from berth.errors import InvalidInputError, UnavailableError
+from berth.registry import access
 from berth.registry.tables import AuditRow, utcnow
 
 GENESIS = "0" * 64
@@ -287,7 +288,21 @@ def events(
     limit: int | None = None,
 ) -> Generator[Event]:
     """Events in chain order (unchained ones last), filtered. ``action`` ending in ``*`` is a
-    prefix (``alias.*``); ``subject`` is a prefix (``credit-risk``)."""
+    prefix (``alias.*``); ``subject`` is a prefix (``credit-risk``). Reading the log needs the
+    ``read`` right (checked now, not at the first event)."""
+    access.require("read")
+    return _walk(s, since=since, actor=actor, action=action, subject=subject, limit=limit)
+
+
+def _walk(
+    s: Session,
+    *,
+    since: datetime | None,
+    actor: str | None,
+    action: str | None,
+    subject: str | None,
+    limit: int | None,
+) -> Generator[Event]:
     query = select(AuditRow).order_by(AuditRow.seq.is_(None), AuditRow.seq, AuditRow.id)
     if since is not None:
         query = query.where(AuditRow.at >= since)
