@@ -138,14 +138,16 @@ SETUPS = (
           BOTH, lambda m: f"bentoml-{m}", lambda m: "/predict", "bento"),
     Setup("bentoml-batch", "BentoML 1.4.40, `@bentoml.api(batchable=True)`, workers=1",
           BOTH, lambda m: f"bentoml-batch-{m}", lambda m: "/predict", "bento"),
-    # The peers that run the tree model on OpenMP, with OMP_NUM_THREADS=1 as a user who read
-    # about thread oversubscription would set it (their default is one thread per core).
+    # The peers with OMP_NUM_THREADS=1 as a user who read about thread oversubscription would
+    # set it (their default is one thread per core): OpenMP for the tree model, and torch's
+    # intra-op pool for sentiment (torch reads it at start), like Berth's one torch thread on
+    # two cores.
     Setup("mlserver-omp1", "`mlserver` with OMP_NUM_THREADS=1",
-          ("numeric",), lambda m: f"mlserver-omp1-{m}", _oip, "oip"),
+          BOTH, lambda m: f"mlserver-omp1-{m}", _oip, "oip"),
     Setup("bentoml-omp1", "`bentoml` with OMP_NUM_THREADS=1",
           ("numeric",), lambda m: f"bentoml-omp1-{m}", lambda m: "/predict", "bento"),
     Setup("bentoml-batch-omp1", "`bentoml-batch` with OMP_NUM_THREADS=1",
-          ("numeric",), lambda m: f"bentoml-batch-omp1-{m}", lambda m: "/predict", "bento"),
+          BOTH, lambda m: f"bentoml-batch-omp1-{m}", lambda m: "/predict", "bento"),
 )  # fmt: skip
 
 

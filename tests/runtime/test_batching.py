@@ -801,3 +801,36 @@ def test_a_target_caps_batches_where_a_row_costs_more_in_a_larger_one() -> None:
     # Against the same load without a target in the same run: the cap shortens the longest
     # waits. (The absolute bound, p99 within 10 % of the target, is timing: bench/batching_sweep.)
     assert held.p99() < free.p99(), (held.p99(), free.p99())
+
+
+def test_clients_that_come_back_at_once_are_waited_for_instead_of_taking_turns(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """16 clients that each send again 0.2-2 ms after their answer (a network's jitter): going
+    as soon as every outstanding request is queued split them into calls that took turns; the
+    batcher waits for the clients just answered (as long as the first of them took to come
+    back) and calls with about 16."""
+    fake = FakePredictor(delay_s=0.02)
+    outstanding = Outstanding()
+    config = BatchingConfig(max_batch_size=32, max_latency_ms=10.0)
+    batcher = MicroBatcher(fake, config, executor, outstanding=outstanding)
+
+    rng = np.random.default_rng(3)
+
+    async def client(i: int, rounds: int) -> None:
+        for r in range(rounds):
+            outstanding.count += 1
+            try:
+                out = await batcher.submit(rows(100.0 * i + r))
+            finally:
+                outstanding.count -= 1
+            assert out["double"].tolist() == [2.0 * (100.0 * i + r)]
+            await asyncio.sleep(float(rng.uniform(0.0002, 0.002)))
+
+    async def go() -> None:
+        await asyncio.gather(*(client(i, 30) for i in range(16)))
+
+    run(go(), timeout=60.0)
+    assert sum(fake.sizes) == 16 * 30
+    steady = fake.sizes[5:-5]
+    assert sum(steady) / len(steady) > 12, fake.sizes

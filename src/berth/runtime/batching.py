@@ -250,6 +250,11 @@ class MicroBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._busy = False
+        # Closed-loop clients come back: the requests of the last call answered, not back yet.
+        self._returns = 0
+        self._answered_rows = 0
+        self._answered_at = 0.0
+        self._back_s: float | None = None  # EWMA of how soon the first of them came back
 
     @property
     def depth(self) -> int:
@@ -308,6 +313,12 @@ class MicroBatcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         now = loop.time()
         self.arrivals.observe(now)
+        if self._returns:
+            if self._returns == self._answered_rows:  # the first one back: how long it took
+                back = min(now - self._answered_at, 1.0)
+                old = self._back_s
+                self._back_s = back if old is None else old + _ALPHA * (back - old)
+            self._returns -= 1
         self._queue.append((frame, future, now))
         self._queued_rows += len(frame)
         if self._task is None or self._task.done():
@@ -352,17 +363,35 @@ class MicroBatcher:
             # as outstanding.
             await asyncio.sleep(0)
         while self._queue and self._queued_rows < self.latency.max_rows:
+            now = loop.time()
+            returning = 0.0
             if self._outstanding is not None and self._outstanding() <= len(self._queue):
-                return
-            wait = self._wait_s(loop.time(), started)
+                returning = self._returning_s(now)
+                if returning <= 0:
+                    return
+            wait = self._wait_s(now, started, returning)
             if wait <= 0:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    def _wait_s(self, now: float, started: float) -> float:
-        """How much longer the queued requests may wait for company; 0 or less: go now."""
+    def _returning_s(self, now: float) -> float:
+        """How much longer the clients of the last call answered may take to come back, when
+        every request outstanding is queued: 0 when none is expected. A client that sends its
+        next request as soon as it has its answer (a closed loop: a pool of N connections) is
+        outstanding again a moment later; going without it split N clients into two calls of
+        N/2 that took turns (sentiment at 16 connections: 8 rows a call on average). Waited
+        for only as long as the first of them took to come back (twice its average, plus
+        half a millisecond), within the window."""
+        if not self._returns or self._back_s is None:
+            return 0.0
+        allow = min(2.0 * self._back_s + 0.0005, self.latency.window_ms / 1000.0)
+        return self._answered_at + allow - now
+
+    def _wait_s(self, now: float, started: float, returning: float = 0.0) -> float:
+        """How much longer the queued requests may wait for company; 0 or less: go now.
+        ``returning``: clients just answered are expected back within that long."""
         deadline = started + self.latency.window_ms / 1000.0
         budget = self.latency.budget_ms
         if budget is not None:
@@ -371,6 +400,8 @@ class MicroBatcher:
             deadline = min(deadline, oldest + budget / 1000.0 - self.cost.estimate(rows))
         if now >= deadline:
             return 0.0
+        if returning > 0:
+            return min(deadline - now, returning)
         hint = self.arrivals.wait_s(now, deadline)
         return deadline - now if hint is None else hint
 
@@ -441,6 +472,8 @@ class MicroBatcher:
             end = start + len(frame)
             _resolve(future, {name: values[start:end] for name, values in outputs.items()})
             start = end
+        self._returns = self._answered_rows = len(taken)
+        self._answered_at = loop.time()
 
 
 def _resolve(future: asyncio.Future[Outputs], outputs: Outputs) -> None:
