@@ -4,7 +4,9 @@ One predict is in flight per version at a time (the Predictor contract); request
 meanwhile queue and go together in the next call, up to ``max_batch_size`` rows. When idle, the
 first request waits at most ``max_latency_ms`` for company, and less when waiting cannot grow the
 batch: it goes at once when every request outstanding for the version is queued (the path counts
-them), or when the arrival rate says the next request is due after the window closes.
+them) and none of the clients the last call answered is expected back (a closed loop of N
+connections sends again a moment after each answer), or when the arrival rate says the next
+request is due after the window closes.
 
 ``target_p99_ms`` holds the p99 latency under a target without spending throughput on it. Three
 estimates, each a few float operations per request or per call, drive it: the p99 of the last 512
