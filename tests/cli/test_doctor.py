@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from berth.app import Berth
 from berth.cli.main import app
 from berth.config import Settings
+from berth.registry.db import SCHEMA_HEAD
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ def test_doctor_on_a_healthy_home(cli: Invoke, registered: Path) -> None:
         ["ok", "orphans"],
         ["ok", "staging"],
     ]
-    assert "schema 0003 (current)" in out
+    assert f"schema {SCHEMA_HEAD} (current)" in out
 
 
 def test_doctor_finds_rebuilds_and_keeps_the_damaged_file(cli: Invoke, registered: Path) -> None:
