@@ -365,14 +365,18 @@ def build_server(
     merges every worker's metrics, and this worker refreshes its queue gauges every second."""
     from berth.runtime.metrics import GaugeSampler
     from berth.server.app import create_app
+    from berth.server.ratelimit import RateLimiter
 
     client = Berth(settings, record_policy=record_policy)
     path = build_path(client, options.path, metrics_folder=metrics_folder)
     # The server acts as no one: each request as the principal its credential names.
     auth = client.auth if settings.auth else None
     probes = settings.auth_open_probes
+    limiter = RateLimiter.from_settings(settings)  # None: no limit set
     if metrics_folder is None:
-        return create_app(path, options, on_shutdown=client.close, auth=auth, open_probes=probes)
+        return create_app(
+            path, options, on_shutdown=client.close, auth=auth, open_probes=probes, limiter=limiter
+        )
     metrics = path.metrics
     assert metrics is not None
     sampler = GaugeSampler(lambda: metrics.sample(path.queue_depths(), path.records_queued))
@@ -382,7 +386,9 @@ def build_server(
         client.close()
 
     sampler.start()
-    return create_app(path, options, on_shutdown=shut_down, auth=auth, open_probes=probes)
+    return create_app(
+        path, options, on_shutdown=shut_down, auth=auth, open_probes=probes, limiter=limiter
+    )
 
 
 def server_factory() -> FastAPI:

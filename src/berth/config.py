@@ -107,6 +107,29 @@ class Settings(BaseSettings):
         default=None,
         description="Actor recorded in the audit log; default the operating-system user.",
     )
+    rate_limits: RateLimits = Field(
+        default_factory=lambda: RateLimits(),
+        description=(
+            "Requests per second and burst per principal on the server, as JSON "
+            '(BERTH_RATE_LIMITS=\'{"roles": {"predictor": {"rate": 50, "burst": 100}}, '
+            '"keys": {"batch-client": {"rate": 5, "burst": 5}}, "default": null}\'): a key '
+            "(or token subject) listed by name takes its own limit, else its role's, else the "
+            "default; each principal has its own bucket. Unset: no limit."
+        ),
+    )
+    rate_limit_redis_url: str | None = Field(
+        default=None,
+        description=(
+            "Redis URL (redis://127.0.0.1:6379/0) holding the rate limits' buckets, so that they "
+            "hold across workers and replicas (needs pip install 'berth[redis]'); unset: each "
+            "server process keeps its own."
+        ),
+    )
+    rate_limit_redis_prefix: str = Field(
+        default="berth:ratelimit:",
+        description="Prefix of the buckets' Redis keys (one per Berth installation sharing it).",
+    )
+
     signing_public_key: Path | None = Field(
         default=None,
         description=(
@@ -339,6 +362,31 @@ class PathOptions(_Declared):
         return self if self.memory is not None else self.model_copy(update={"memory": default})
 
 
+class RateLimit(_Declared):
+    """A token bucket: ``burst`` requests at once, refilled at ``rate`` a second."""
+
+    rate: float = Field(gt=0.0, description="Requests per second, sustained.")
+    burst: int = Field(default=1, ge=1, description="Requests at once from a full bucket.")
+
+
+class RateLimits(_Declared):
+    """Which :class:`RateLimit` a principal gets: its key's (or token subject's) name in
+    ``keys``, else its role's in ``roles``, else ``default`` (also the limit of each client
+    address when auth is off); none of them: not limited."""
+
+    default: RateLimit | None = Field(default=None, description="Everyone else's limit.")
+    roles: dict[Literal["admin", "deployer", "predictor", "viewer"], RateLimit] = Field(
+        default_factory=dict, description="Limits by role."
+    )
+    keys: dict[str, RateLimit] = Field(
+        default_factory=dict, description="Limits by key name or token subject."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.default or self.roles or self.keys)
+
+
 class ServeOptions(_Declared):
     """``berth serve``: the path's options and the HTTP side's. Handed to uvicorn's worker
     processes as JSON (``BERTH_SERVE_OPTIONS``)."""
@@ -354,3 +402,6 @@ class ServeOptions(_Declared):
         description="A request body must arrive within this many seconds of its first read, "
         "else 408 (a slow or stalled client would hold its connection and handler).",
     )
+
+
+Settings.model_rebuild()  # its rate limits are declared below it

@@ -67,6 +67,14 @@ def serve(
             help="Serve a non-loopback address with auth off: whoever reaches it is an admin.",
         ),
     ] = False,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain).")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="The PEM private key of --tls-cert.")] = None,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(help="Mutual TLS: clients need a certificate signed by a CA in this PEM."),
+    ] = None,
 ) -> None:
     """Serve every model of the registry over the Open Inference Protocol v2 and /v1 JSON.
 
@@ -78,6 +86,10 @@ def serve(
 
     With auth on (BERTH_AUTH=1) every request needs an API key (berth keys create). A
     non-loopback --host is refused with auth off, unless --insecure.
+
+    With --tls-cert and --tls-key the server speaks HTTPS only (TLS 1.2 or later) and sends
+    Strict-Transport-Security; with --tls-ca too, clients must present a certificate that CA
+    signed. Rate limits: BERTH_RATE_LIMITS (BERTH_RATE_LIMIT_REDIS_URL to share them).
 
     Example: berth serve --port 8000 --workers 2
     """
@@ -119,13 +131,21 @@ def serve(
         stderr.print(warning, style="bold red")
         logging.getLogger("berth.server").warning(warning)
     # -- end of secure by default ----------------------------------------------------------
+    # -- TLS: the files checked here, once (uvicorn loads them again in each worker) --------
+    from berth.server.tls import tls_config
+
+    tls = tls_config(tls_cert, tls_key, tls_ca)
+    scheme = "https" if tls else "http"
+    if tls_ca is not None:
+        console.print(f"mutual TLS: clients need a certificate signed by {tls_ca}")
+    # -- end of TLS ------------------------------------------------------------------------
     console.print(
-        f"serving {settings.home.resolve()} on http://{host}:{port} "
-        f"(docs: http://{host}:{port}/docs)"
+        f"serving {settings.home.resolve()} on {scheme}://{host}:{port} "
+        f"(docs: {scheme}://{host}:{port}/docs)"
     )
     stop = _start_scheduler(c, scheduler_interval) if scheduler else None
     try:
-        _run(settings, options, host, port, workers)
+        _run(settings, options, host, port, workers, tls)
     finally:
         if stop is not None:
             stop.set()
@@ -161,7 +181,9 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> None:
+def _run(
+    settings: Any, options: Any, host: str, port: int, workers: int, tls: dict[str, Any]
+) -> None:
     import uvicorn
 
     from berth.app import SERVE_OPTIONS_ENV, build_server
@@ -172,6 +194,7 @@ def _run(settings: Any, options: Any, host: str, port: int, workers: int) -> Non
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": 30,
+        **tls,  # file names: each worker (a spawned process) builds its SSL context from them
     }
     if workers == 1:
         uvicorn.run(build_server(settings, options), **common)  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ from .auth import Authenticate
 from .dispatch import InferenceRoutes
 from .errors import berth_error, error_response, unexpected_error
 from .middleware import AccessLog, BodyLimit, RequestBody
+from .ratelimit import RateLimit, RateLimiter
+from .tls import StrictTransportSecurity
 
 
 def create_app(
@@ -32,11 +34,13 @@ def create_app(
     *,
     auth: Authenticator | None = None,
     open_probes: bool = True,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """An app serving ``path``. The lifespan starts the path (the record writer, every aliased
     version loaded) and, on shutdown, lets queued requests finish and flushes records. With
     ``auth`` every request acts as the principal of its bearer credential (see ``auth``);
-    without, as the local principal (an admin), like the CLI with auth off."""
+    without, as the local principal (an admin), like the CLI with auth off. With ``limiter``
+    each principal's requests are rate limited (see ``ratelimit``)."""
     options = options or ServeOptions()
 
     closing: list[Callable[[], None]] = []
@@ -72,13 +76,15 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     front: ASGIApp = InferenceRoutes(app.fastapi, path, options.max_body_bytes)
     front = RequestBody(front, options.body_timeout_s)
+    if limiter is not None:  # inside Authenticate: limits the principal it set
+        front = RateLimit(front, limiter)
     if auth is not None:
         front = Authenticate(front, auth, open_probes=open_probes)
     if options.access_log:
         access = AccessLog(front)
         closing.append(access.close)
         front = access
-    app.front = front
+    app.front = StrictTransportSecurity(front)  # HSTS on whatever answers over TLS
     return app
 
 
