@@ -483,7 +483,8 @@ class Registry:
     def audit_log(self, subject_prefix: str = "", action: str | None = None) -> list[AuditEvent]:
         access.require("read")
         with self.db.read() as s:
-            query = select(AuditRow).order_by(AuditRow.id)
+            # The chain's order: ids are handed out before commit, seq when the event commits.
+            query = select(AuditRow).order_by(AuditRow.seq.nulls_first(), AuditRow.id)
             if subject_prefix:
                 query = query.where(AuditRow.subject.startswith(subject_prefix, autoescape=True))
             if action:
