@@ -4,11 +4,15 @@ principal the invocation acts as."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from berth.app import Berth
 from berth.config import Settings
+from berth.errors import InvalidInputError
 from berth.registry.access import reset_current, set_current
 
 
@@ -21,7 +25,7 @@ def client(ctx: typer.Context, *, acting: bool = True) -> Berth:
     found = root.meta.get("berth.client")
     if found is None:
         overrides = root.meta.get("berth.settings", {})
-        found = Berth(Settings(**overrides))
+        found = Berth(_settings(overrides))
         root.meta["berth.client"] = found
         root.call_on_close(found.close)
     assert isinstance(found, Berth)
@@ -30,6 +34,22 @@ def client(ctx: typer.Context, *, acting: bool = True) -> Berth:
         root.meta["berth.acting"] = True
         root.call_on_close(lambda: reset_current(token))
     return found
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """The settings, a bad ``BERTH_*`` value one line naming the variable (not a traceback)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field, *inner = (str(part) for part in first["loc"])
+        where = ".".join(inner)
+        raise InvalidInputError(
+            f"BERTH_{field.upper()} is not valid: {where + ': ' if where else ''}{first['msg']}"
+        ) from exc
+    except SettingsError as exc:  # not JSON where JSON was expected
+        cause = exc.__cause__
+        raise InvalidInputError(f"{exc}: {cause}" if cause else str(exc)) from exc
 
 
 def configure(
