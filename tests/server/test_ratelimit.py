@@ -128,7 +128,7 @@ def test_each_principal_gets_its_roles_or_its_own_limit(
     # A key named in the limits takes its own limit over its role's.
     for _ in range(5):
         assert _predict(limited, keys["vip"], home).status_code == 200
-    assert_limited(_predict(limited, keys["vip"], home), "the limit of 'vip'", "burst 5")
+    assert_limited(_predict(limited, keys["vip"], home), "'vip' is over its own limit", "burst 5")
     # A role without a limit takes the default.
     for _ in range(2):
         assert limited.call("GET", "/v1/models", keys["viewer"]).status_code == 200

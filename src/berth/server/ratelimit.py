@@ -210,7 +210,7 @@ class RateLimiter:
             return f"client:{client}", "the default limit", limits.default
         by_name = limits.keys.get(principal.name)
         if by_name is not None:
-            return f"{principal.via}:{principal.name}", f"the limit of {principal.name!r}", by_name
+            return f"{principal.via}:{principal.name}", "its own limit", by_name
         by_role = limits.roles.get(principal.role)
         if by_role is not None:
             what = f"the {principal.role} role's limit"
