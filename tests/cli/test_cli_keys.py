@@ -217,7 +217,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     beyond 127.0.0.1): what it would have served."""
     served: list[tuple[str, int]] = []
     monkeypatch.setattr(
-        "berth.cli.serve._run", lambda _s, _o, host, port, _w: served.append((host, port))
+        "berth.cli.serve._run", lambda _s, _o, host, port, _w, *_tls: served.append((host, port))
     )
     return served
 
