@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +204,12 @@ def check_sqlite_file(path: Path) -> str:
         return "is missing"
     if size == 0:
         return "is empty (0 bytes)"
+    if _CONNECTED[_key(path)] > 0:
+        # Never open a file SQLite has open in this process: closing any descriptor of it
+        # drops every POSIX lock the process holds on it (SQLite's among them), so another
+        # process took itself for the last user and deleted the write-ahead log this one still
+        # read: a server then answered from a stale snapshot forever (alias moves ignored).
+        return "ok"
     with path.open("rb") as fh:
         header = fh.read(100)
     if len(header) < 100 or not header.startswith(SQLITE_HEADER):
@@ -257,6 +264,14 @@ def _create_engine(url: str) -> Engine:
         raise MissingExtraError(exc.name or "psycopg", "postgres", shown) from exc
 
 
+_CONNECTED: collections.Counter[str] = collections.Counter()
+"""Open SQLite connections of this process, by file (see ``check_sqlite_file``)."""
+
+
+def _key(path: Path) -> str:
+    return str(path.resolve())
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sqlite_file(url)
     if path is not None:
@@ -265,6 +280,8 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if path is not None:
+            _CONNECTED[_key(path)] += 1
         # pysqlite's own BEGIN defers locks and breaks SAVEPOINTs; we issue BEGIN ourselves.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -273,6 +290,12 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
+
+    @event.listens_for(engine, "close")
+    @event.listens_for(engine, "close_detached")
+    def _on_close(_dbapi_conn: Any, *_args: Any) -> None:
+        if path is not None:
+            _CONNECTED[_key(path)] -= 1
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
