@@ -194,7 +194,22 @@ def _numeric_objects(
             lambda row: f"value {values[row]} does not fit {feature.dtype}",
         )
         return None if p.found else np.array(values.tolist(), dtype=target)
+    # An integer past float64's range (JSON allows any) would raise OverflowError: a 500.
+    p.add(
+        _kinds(values, lambda v: isinstance(v, int) and not -_FLOAT_LIMIT < v < _FLOAT_LIMIT),
+        lambda row: f"value {_int_size(values[row])} does not fit {feature.dtype}",
+    )
+    if p.found:
+        return None
     return np.array([np.nan if v is None else v for v in values.tolist()], dtype=np.float64)
+
+
+_FLOAT_LIMIT = 2**1024  # float64's largest finite value is just under it
+
+
+def _int_size(value: int) -> str:
+    """A huge integer named by its size: printing one of over 4,300 digits raises ValueError."""
+    return f"an integer of {abs(value).bit_length():,} bits"
 
 
 def _check_integers(feature: Feature, values: Array, target: np.dtype[Any], p: Problems) -> None:
