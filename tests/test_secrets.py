@@ -138,6 +138,8 @@ class Server:
             self.proc.kill()
             self.proc.wait(10)
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # an open pipe is an unraisable ResourceWarning at exit
 
 
 def _with_password(url: str, password: str) -> str:
