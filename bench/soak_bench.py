@@ -181,8 +181,9 @@ def switch_delays(
     """Seconds from each alias move (the command's end) to the first request answered by the
     new version after which no request got the old one."""
     out: list[float | None] = []
-    for at, version in moves:
-        after = [(t, v) for t, v in versions if t >= at]
+    ends = [at for at, _ in moves[1:]] + [float("inf")]
+    for (at, version), end in zip(moves, ends, strict=True):
+        after = [(t, v) for t, v in versions if at <= t < end]  # until the next move
         wrong = [t for t, v in after if v != version]
         last_wrong = max(wrong) if wrong else at
         right = [t for t, v in after if v == version and t >= last_wrong]
