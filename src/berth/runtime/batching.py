@@ -300,9 +300,10 @@ class MicroBatcher:
                     sizes += np.fromiter(map(len, values), dtype=np.int64, count=rows)
         if rows <= limit and (sizes is None or int(sizes.sum()) <= (chars or 0)):
             return None
+        if sizes is None:  # rows alone: no loop over them
+            return [*range(0, rows, limit), rows]
         bounds, start, used = [0], 0, 0
-        for i in range(rows):
-            size = 0 if sizes is None else int(sizes[i])
+        for i, size in enumerate(sizes.tolist()):
             if i > start and (i - start >= limit or (chars is not None and used + size > chars)):
                 bounds.append(i)
                 start, used = i, 0
