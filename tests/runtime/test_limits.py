@@ -258,3 +258,19 @@ def test_a_large_text_request_goes_in_parts_of_at_most_part_chars(client: Berth)
         assert model_of(pool.served[("parts", 1)]).calls[-1] == 1
 
     with_pool(client, body, {"parts": ModelServing(max_batch_size=8, part_chars=20)})
+
+
+def test_texts_cut_in_a_batch_chunk_are_recorded_as_cut(client: Berth) -> None:
+    """The sync face with an Arrow table (what batch jobs pass): the records keep the texts
+    as predicted, not the Arrow strings as they came in."""
+    import pyarrow as pa
+
+    register_text(client, "arrow")
+    path = InferencePath(
+        client.registry, PathOptions(models={"arrow": ModelServing(max_text_chars=4)})
+    )
+    table = pa.table({"text": pa.array(["tiny", "much longer"], type=pa.string())})
+    result = path.run_sync(path.resolve_sync("arrow"), table, bad_rows="refuse", record=False)
+    assert result.outputs["prediction"].tolist() == [4.0, 4.0]
+    assert result.parameters == {"truncated": [1]}
+    assert list(result.validated.record_inputs["text"]) == ["tiny", "much"]

@@ -271,7 +271,7 @@ class InferencePath:
                 name, rows = next(iter(long.items()))
                 raise _too_long(target, name, int(rows[0]), columns[name], limits)
             truncated = _cut(frame, columns, long, limits)
-            record = _record_inputs(signature, inputs, columns, None, frame)
+            record = _record_inputs(signature, inputs, columns, None, frame, set(long))
             return Validated(frame, record, len(frame), None, _NONE, [], truncated)
         if bad_rows != "refuse":
             raise InvalidInputError(f"bad_rows must be 'raise' or 'refuse', not {bad_rows!r}")
@@ -298,7 +298,7 @@ class InferencePath:
             long = {}
         truncated = _cut(frame, columns, long, limits)
         kept = None if len(kept_rows) == rows_in else kept_rows
-        record = _record_inputs(signature, inputs, columns, kept, frame)
+        record = _record_inputs(signature, inputs, columns, kept, frame, set(long))
         return Validated(frame, record, rows_in, kept, bad, reasons, truncated)
 
     def _check_rows(self, target: Target, validated: Validated) -> None:
@@ -567,11 +567,13 @@ def _record_inputs(
     columns: Columns,
     kept: np.ndarray[Any, Any] | None,
     frame: pd.DataFrame,
+    cut: set[str] | None = None,
 ) -> Mapping[str, Any]:
     """The validated inputs for the records. Columns of one numeric dtype go as a copy of the
     frame's one block (see ``InputBlock``). Text columns of an Arrow input go as the Arrow
     arrays they came in (validation does not change a string): making Arrow strings again from
-    Python ones would hold the GIL that prediction needs."""
+    Python ones would hold the GIL that prediction needs. Texts that were ``cut`` go as cut,
+    since the records keep what was predicted."""
     import sys
 
     arrays = list(columns.values())
@@ -584,7 +586,7 @@ def _record_inputs(
     record = dict(columns)
     rows = None if kept is None else pa.array(kept, type=pa.int64())
     for feature in signature.inputs:
-        if feature.dtype != "string":
+        if feature.dtype != "string" or (cut and feature.name in cut):
             continue
         values = inputs.column(feature.name)
         kind = values.type
