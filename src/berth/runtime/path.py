@@ -30,7 +30,6 @@ from berth.config import PathOptions, RequestLimits
 from berth.errors import (
     DeadlineExceededError,
     InvalidInputError,
-    SchemaError,
     TooLargeError,
 )
 from berth.flavors import get_flavor
@@ -38,6 +37,7 @@ from berth.registry import access
 from berth.registry.references import Reference, parse_reference
 from berth.runtime.codecs import InputBlock
 from berth.runtime.envelope import NO_CONTEXT, RequestContext
+from berth.runtime.limits import cut_texts, long_texts, too_long
 from berth.runtime.pool import LoadState, ModelPool, ServedModel
 from berth.runtime.routing import Choice, Resolver, Target, TrafficStrategy
 from berth.runtime.validation import check_columns, one_numeric_dtype, validate_columns
@@ -266,11 +266,11 @@ class InferencePath:
         limits = self.limits(target.info)
         if bad_rows == "raise":
             frame, columns = validate_columns(signature, inputs)
-            long = _long_texts(signature, columns, limits)
+            long = long_texts(signature, columns, limits)
             if long and limits.long_text == "refuse":
                 name, rows = next(iter(long.items()))
-                raise _too_long(target, name, int(rows[0]), columns[name], limits)
-            truncated = _cut(frame, columns, long, limits)
+                raise too_long(target, name, int(rows[0]), columns[name], limits)
+            truncated = cut_texts(frame, columns, long, limits)
             record = _record_inputs(signature, inputs, columns, None, frame, set(long))
             return Validated(frame, record, len(frame), None, _NONE, [], truncated)
         if bad_rows != "refuse":
@@ -279,13 +279,13 @@ class InferencePath:
         frame, columns, kept_rows = checked.frame, checked.columns, checked.kept
         bad, reasons = checked.bad_rows, checked.reasons
         rows_in = len(kept_rows) + len(bad)
-        long = _long_texts(signature, columns, limits)
+        long = long_texts(signature, columns, limits)
         if long and limits.long_text == "refuse":
             refused = np.unique(np.concatenate(list(long.values())))
             keep = np.ones(len(frame), dtype=bool)
             keep[refused] = False
             more = [
-                str(_too_long(target, n, int(r), columns[n], limits))
+                str(too_long(target, n, int(r), columns[n], limits))
                 for n, rs in long.items()
                 for r in rs
             ]
@@ -296,7 +296,7 @@ class InferencePath:
             columns = {name: values[keep] for name, values in columns.items()}
             kept_rows = kept_rows[keep]
             long = {}
-        truncated = _cut(frame, columns, long, limits)
+        truncated = cut_texts(frame, columns, long, limits)
         kept = None if len(kept_rows) == rows_in else kept_rows
         record = _record_inputs(signature, inputs, columns, kept, frame, set(long))
         return Validated(frame, record, rows_in, kept, bad, reasons, truncated)
@@ -512,53 +512,6 @@ def _kept(ids: Sequence[str] | pa.Array, validated: Validated) -> Sequence[str] 
 
     assert isinstance(ids, pa.Array)
     return ids.take(pa.array(validated.kept, type=pa.int64()))
-
-
-def _long_texts(
-    signature: Signature, columns: Columns, limits: RequestLimits
-) -> dict[str, np.ndarray[Any, Any]]:
-    """Rows of each text feature longer than the limit allows (none without a limit)."""
-    if limits.max_text_chars is None:
-        return {}
-    found = {}
-    for feature in signature.inputs:
-        if feature.dtype != "string" or feature.name not in columns:
-            continue
-        values = columns[feature.name]
-        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-        rows = np.flatnonzero(lengths > limits.max_text_chars)
-        if len(rows):
-            found[feature.name] = rows
-    return found
-
-
-def _too_long(
-    target: Target, name: str, row: int, values: Any, limits: RequestLimits
-) -> SchemaError:
-    return SchemaError(
-        f"{name!r} of row {row} has {len(values[row]):,} characters; {target.info.ref} takes "
-        f"at most {limits.max_text_chars:,} (long_text = 'refuse')",
-        feature=name,
-    )
-
-
-def _cut(
-    frame: pd.DataFrame,
-    columns: Columns,
-    long: dict[str, np.ndarray[Any, Any]],
-    limits: RequestLimits,
-) -> np.ndarray[Any, Any]:
-    """Cut the long texts in place of the frame's and the columns' values; the rows cut."""
-    if not long:
-        return _NONE
-    size = limits.max_text_chars
-    for name, rows in long.items():
-        values = columns[name].copy()
-        for row in rows.tolist():
-            values[row] = values[row][:size]
-        columns[name] = values
-        frame[name] = values
-    return np.unique(np.concatenate(list(long.values())))
 
 
 def _record_inputs(
